@@ -1,0 +1,334 @@
+"""The config: read from JSON, changed from the command line, checked, and turned into objects.
+
+A section ``{"type": NAME, "args": {...}}`` builds ``NAME(**args)``, where NAME is looked up in the
+section's module (see utils/components.py for the modules and the safety rules).
+"""
+import copy
+import json
+import logging
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+
+from logger.logger import LEVELS, setup_logging
+from utils import components, config_schema
+from utils.cli import ArgumentParser
+from utils.config_schema import did_you_mean
+from utils.errors import CheckpointError, ConfigError
+from utils.util import read_json, write_json
+
+
+class CliOption(NamedTuple):
+    """A command-line flag that sets one config value, e.g. ``--lr`` for ``optimizer.args.lr``."""
+
+    flags: list[str]
+    type: type
+    target: str
+    help: str
+
+
+# Shortcuts for the values changed most often; any value can be changed with KEY.PATH=VALUE.
+CLI_OPTIONS = [
+    CliOption(["--lr", "--learning_rate"], float, "optimizer.args.lr", "learning rate"),
+    CliOption(["--bs", "--batch_size"], int, "data_loader.args.batch_size", "batch size per process"),
+]
+
+
+def training_arguments(description: str, resume_help: str) -> ArgumentParser:
+    """The command line shared by train.py and kfold_train.py (SPEC section 3)."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("-c", "--config", help="config file path, e.g. config.json")
+    parser.add_argument("-r", "--resume", metavar="PATH", help=resume_help)
+    parser.add_argument("--finetune", metavar="CKPT",
+                        help="start a new run from a checkpoint's model weights, with a fresh optimizer")
+    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, build everything, run one batch, write nothing")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
+    for option in CLI_OPTIONS:
+        parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
+                        help="change a config value (VALUE is JSON, else a string); +KEY.PATH=VALUE adds one")
+    return parser
+
+
+class ConfigParser:
+    """The resolved config of a run, and the factory of the objects it names.
+
+    Creating one has no side effects: the run directory and its log file are created by
+    ``start_run()``.
+
+    Examples:
+        >>> config = ConfigParser(read_json("config.json"), modification={"trainer.epochs": 3})
+        >>> model = config.init_obj("arch", module_arch)    # = module_arch.ResNet(**config["arch"]["args"])
+        >>> config["trainer"]["epochs"]
+        3
+    """
+
+    def __init__(self, config: dict, resume: str | Path | None = None, modification: dict | None = None,
+                 run_id: str | None = None, run_dir: str | Path | None = None,
+                 finetune: str | Path | None = None, dry_run: bool = False):
+        resolved = config_schema.validate(config)
+        apply_modifications(resolved, modification or {})
+        self._config = config_schema.validate(resolved)
+        components.check_all(self._config)
+        self.resume = Path(resume) if resume else None
+        self.finetune = Path(finetune) if finetune else None
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.run_id = run_id
+        self.dry_run = dry_run
+        if run_id is not None and self.run_dir is None and (self.runs_dir / run_id).exists():
+            raise ConfigError("--run-id", f"{self.runs_dir / run_id} already exists; resume it with "
+                                          f"-r {self.runs_dir / run_id}, or choose another id")
+
+    @classmethod
+    def from_args(cls, parser: ArgumentParser, options: Sequence[CliOption] = CLI_OPTIONS,
+                  argv: list[str] | None = None) -> "ConfigParser":
+        """Build the config from the command line: -c, -r, -d, option flags and overrides."""
+        args = parser.parse_args(argv)
+        if getattr(args, "device", None):
+            os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+        modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in options
+                        if getattr(args, o.flags[0].lstrip("-"), None) is not None}
+        modification |= parse_overrides(getattr(args, "overrides", []))
+        resume = run_dir = None
+        if getattr(args, "resume", None):
+            resume, run_dir, config = resolve_resume(args.resume, args.config)
+        elif args.config is None:
+            raise ConfigError("command line", "give a config file with -c config.json, or a run to resume with -r")
+        else:
+            config = read_json(args.config)
+        if getattr(args, "finetune", None) and resume:
+            raise ConfigError("command line", "use either -r (continue a run) or --finetune (start a new one)")
+        return cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),
+                   run_dir=run_dir, finetune=getattr(args, "finetune", None),
+                   dry_run=getattr(args, "dry_run", False))
+
+    # -- the run directory ---------------------------------------------------------------------
+    @property
+    def runs_dir(self) -> Path:
+        """``<trainer.save_dir>/<name>``: where the runs of this config live."""
+        return Path(self["trainer"]["save_dir"]) / self["name"]
+
+    @property
+    def save_dir(self) -> Path | None:
+        """The run directory (checkpoints are saved there); None before ``start_run()``."""
+        return self.run_dir
+
+    @property
+    def log_dir(self) -> Path | None:
+        """The run directory (info.log, metrics.csv, tensorboard/ are written there)."""
+        return self.run_dir
+
+    def start_run(self) -> Path:
+        """Create the run directory (or reopen the resumed one), save the config, start logging."""
+        from utils.checkpoint import clean_temp_files
+        from utils.dist import broadcast_object, is_main_process
+
+        if is_main_process():
+            if self.run_dir is None:
+                self.run_dir = _new_run_dir(self.runs_dir, self.run_id)
+            else:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                clean_temp_files(self.run_dir)
+            write_json(self._config, self.run_dir / "config.json")
+        self.run_dir = Path(broadcast_object(str(self.run_dir)))
+        setup_logging(self.run_dir, self["trainer"]["verbosity"], is_main_process())
+        return self.run_dir
+
+    # -- building objects ----------------------------------------------------------------------
+    def init_obj(self, name: str, module: ModuleType, *args, **kwargs):
+        """Build the object a section names, with its args; keyword arguments given here win.
+
+        ``config.init_obj("optimizer", torch.optim, params)`` is
+        ``torch.optim.<type>(params, **config["optimizer"]["args"])``.
+        """
+        spec = self.get(name)
+        obj = components.resolve(module, spec["type"], f"{name}.type")
+        spec_args = {key: components.build_transform(value, f"{name}.args.{key}")
+                     if components.is_transform_list(key, value) else value
+                     for key, value in spec.get("args", {}).items()}
+        return _call(obj, name, *args, **(spec_args | kwargs))
+
+    def init_ftn(self, name: str, module: ModuleType, *args, **kwargs):
+        """A function a section names, with its args bound: ``partial(module.<type>, *args, **args)``.
+
+        The section may be a bare name (``"loss": "cross_entropy"``). A class is built instead
+        (an ``nn.Module`` loss) and the instance returned.
+        """
+        spec = self.get(name)
+        spec = {"type": spec} if isinstance(spec, str) else spec
+        obj = components.resolve(module, spec["type"], f"{name}.type")
+        if isinstance(obj, type):
+            return _call(obj, name, *args, **(spec.get("args", {}) | kwargs))
+        return partial(obj, *args, **(spec.get("args", {}) | kwargs))
+
+    def init_data_loader(self, name: str, module: ModuleType, dataset=None, **kwargs):
+        """Build the "dataset" section (unless a dataset is given), then the loader around it.
+
+        ``config.init_data_loader("data_loader", module_data)`` is
+        ``module_data.<type>(dataset, seed=config["seed"], **config["data_loader"]["args"])``.
+        """
+        if dataset is None:
+            dataset = self.init_obj("dataset", components.section_module("dataset"))
+        spec = self.get(name)
+        loader_class = components.resolve(module, spec["type"], f"{name}.type")
+        if "seed" in components.parameters(loader_class)[0]:
+            kwargs.setdefault("seed", self["seed"])
+        return self.init_obj(name, module, dataset, **kwargs)
+
+    def init_metrics(self, module: ModuleType) -> dict:
+        """The "metrics" list as {column name: metric function or Metric object}."""
+        metrics = {}
+        for i, (column, entry) in enumerate(zip(config_schema.metric_names(self._config), self["metrics"])):
+            spec = {"type": entry} if isinstance(entry, str) else entry
+            obj = components.resolve(module, spec["type"], f"metrics.{i}")
+            args = spec.get("args", {})
+            metrics[column] = _call(obj, f"metrics.{i}", **args) if isinstance(obj, type) else partial(obj, **args)
+        return metrics
+
+    def get_logger(self, name: str, verbosity: int | None = None) -> logging.Logger:
+        verbosity = self["trainer"]["verbosity"] if verbosity is None else verbosity
+        if verbosity not in LEVELS:
+            raise ConfigError("verbosity", f"must be one of {sorted(LEVELS)}, got {verbosity!r}")
+        logger = logging.getLogger(name)
+        logger.setLevel(LEVELS[verbosity])
+        return logger
+
+    # -- reading values ------------------------------------------------------------------------
+    def get(self, path: str):
+        """A value by its dotted path, e.g. ``config.get("inference.dataset")``."""
+        node = self._config
+        for key in path.split("."):
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        return node
+
+    def __getitem__(self, name: str):
+        return self._config[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._config and self._config[name] is not None
+
+    @property
+    def config(self) -> dict:
+        return self._config
+
+    def to_json(self) -> str:
+        return json.dumps(self._config, indent=4)
+
+
+def _call(obj, name: str, *args, **kwargs):
+    """Call a constructor; a TypeError or ValueError it raises becomes a ConfigError naming the section."""
+    try:
+        return obj(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        key, _, rest = message.partition(":")
+        if key in kwargs and rest:
+            raise ConfigError(f"{name}.args.{key}", rest.strip()) from error
+        raise ConfigError(f"{name}", f"{obj.__name__}(...) failed: {message}") from error
+
+
+def _new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
+    """Create a new run directory; a timestamp id gets a suffix when two runs start in the same second."""
+    if run_id is not None:
+        path = runs_dir / run_id
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        path = runs_dir / (stamp if attempt == 0 else f"{stamp}_{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a new run directory in {runs_dir}")
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["trainer.epochs=3", "+optimizer.args.weight_decay=1e-4"]`` -> {path: value}.
+
+    A VALUE is read as JSON (numbers, true/false, null, lists, objects), else kept as a string.
+    """
+    modification = {}
+    for item in items:
+        path, equals, text = item.partition("=")
+        if not equals or not path.lstrip("+"):
+            raise ConfigError("command line", f"{item!r} is not an option or a KEY.PATH=VALUE override")
+        try:
+            modification[path] = json.loads(text)
+        except json.JSONDecodeError:
+            modification[path] = text
+    return modification
+
+
+def apply_modifications(config: dict, modification: dict) -> None:
+    """Set each ``path: value`` in place. A path that does not exist is an error unless it starts
+    with "+", which adds it (with any missing parent objects)."""
+    for raw_path, value in modification.items():
+        add = raw_path.startswith("+")
+        keys = raw_path.lstrip("+").split(".")
+        node = config
+        for depth, key in enumerate(keys):
+            here = ".".join(keys[: depth + 1])
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(here, f"no such list index (the list has {len(node)} entries)")
+                key = int(key)
+            elif not isinstance(node, dict):
+                raise ConfigError(here, f"cannot set a key inside {node!r}")
+            elif key not in node:
+                if not add:
+                    raise ConfigError(here, f"no such key in the config{did_you_mean(key, node)}; "
+                                            f"to add it, write +{raw_path}=...")
+                if not last:
+                    node[key] = {}
+            if last:
+                node[key] = copy.deepcopy(value)
+            else:
+                if node[key] is None and add:
+                    node[key] = {}
+                node = node[key]
+
+
+def resolve_resume(target: str, config_path: str | None) -> tuple[Path, Path, dict]:
+    """(checkpoint file or run directory, run directory, config) for ``-r TARGET``.
+
+    TARGET is a checkpoint file, a run directory, or ``auto`` for the newest run of the config's
+    name. The run's saved config is used unless ``-c`` gives one.
+    """
+    if target == "auto":
+        if config_path is None:
+            raise ConfigError("-r auto", "needs -c config.json to know which runs to look at")
+        config = read_json(config_path)
+        runs_dir = Path(config.get("trainer", {}).get("save_dir", "saved/")) / str(config.get("name"))
+        runs = [p for p in runs_dir.glob("*") if p.is_dir()] if runs_dir.is_dir() else []
+        if not runs:
+            raise CheckpointError(str(runs_dir), "no run to resume with -r auto")
+        path = max(runs, key=lambda p: p.stat().st_mtime)
+        logging.getLogger(__name__).info("resuming the newest run: %s", path)
+        return path, path, config
+    path = Path(target)
+    if path.is_dir():
+        if config_path is not None:
+            return path, path, read_json(config_path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(str(path), "has no config.json; give the config with -c")
+        return path, path, read_json(path / "config.json")
+    if path.is_file():
+        if config_path is not None:
+            return path, path.parent, read_json(config_path)
+        if (path.parent / "config.json").is_file():
+            return path, path.parent, read_json(path.parent / "config.json")
+        from utils.checkpoint import load_checkpoint
+
+        return path, path.parent, load_checkpoint(path)["config"]
+    raise CheckpointError(str(path), "no such checkpoint file or run directory")

@@ -1,0 +1,58 @@
+"""Metrics, selected by name in the config's "metrics" list.
+
+Two kinds, both exact over every sample of an epoch:
+- a function ``fn(output, target) -> Tensor`` returning the mean over the batch's samples; the
+  tracker weights it by the batch size (accuracy, top-k accuracy);
+- a ``Metric`` subclass with running totals, for what is not a mean over samples (macro F1).
+"""
+import torch
+
+from utils.metric_tracker import Metric
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples whose highest-scoring class is the target."""
+    return (output.argmax(dim=1) == target).float().mean()
+
+
+def top_k_acc(output: torch.Tensor, target: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Fraction of samples whose target is among the ``k`` highest-scoring classes."""
+    top_k = output.topk(min(k, output.shape[1]), dim=1).indices
+    return (top_k == target.unsqueeze(1)).any(dim=1).float().mean()
+
+
+class MacroF1(Metric):
+    """The F1 score of each class, averaged over classes, from the epoch's confusion matrix.
+
+    Classes that appear neither as a target nor as a prediction are left out of the average, and a
+    class with no true positives scores 0, as ``sklearn.metrics.f1_score(average="macro")`` does.
+    """
+
+    def __init__(self, num_classes: int | None = None):
+        self.num_classes = num_classes
+        super().__init__()
+
+    def reset(self) -> None:
+        self.confusion = None
+
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
+        num_classes = self.num_classes or output.shape[1]
+        pairs = target.long() * num_classes + output.argmax(dim=1)
+        counts = torch.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+        self.confusion = counts if self.confusion is None else self.confusion + counts
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.confusion] if self.confusion is not None else []
+
+    def load_state(self, tensors: list[torch.Tensor]) -> None:
+        self.confusion = tensors[0] if tensors else None
+
+    def compute(self) -> float:
+        if self.confusion is None:
+            return float("nan")
+        confusion = self.confusion.double()
+        true_positive = confusion.diag()
+        support, predicted = confusion.sum(dim=1), confusion.sum(dim=0)
+        f1 = 2 * true_positive / (support + predicted).clamp(min=1)
+        present = (support + predicted) > 0
+        return f1[present].mean().item()

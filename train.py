@@ -1,0 +1,81 @@
+"""Train a model from a config.
+
+    python train.py -c config.json
+    python train.py -r saved/Digits_ResNet/20261127_101500         # continue an interrupted run
+    torchrun --nproc_per_node=2 train.py -c config.json            # DistributedDataParallel
+"""
+import torch
+
+import data_loader.data_loaders as module_data
+import model.loss as module_loss
+import model.metric as module_metric
+import model.model as module_arch
+import trainer as module_trainer
+from config_parser import ConfigParser, training_arguments
+from logger.logger import setup_logging
+from utils import dist
+from utils.cli import run_cli
+from utils.components import resolve
+from utils.seeding import configure_determinism, seed_everything
+from utils.util import prepare_device
+
+
+def build_trainer(config: ConfigParser, **loader_kwargs):
+    """Build everything the config names, in order, and the trainer that runs it.
+
+    kfold_train.py calls this for each fold, with the fold's validation indices in ``loader_kwargs``.
+    """
+    data_loader = config.init_data_loader("data_loader", module_data, **loader_kwargs)
+    valid_data_loader = data_loader.split_validation()
+
+    model = config.init_obj("arch", module_arch)
+    data_loader.dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    if dist.is_distributed():
+        device, device_ids = dist.local_device(config["n_gpu"]), []
+    else:
+        device, device_ids = prepare_device(config["n_gpu"])
+
+    criterion = config.init_ftn("loss", module_loss)
+    metrics = config.init_metrics(module_metric)
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = config.init_obj("optimizer", torch.optim, trainable_params)
+    lr_scheduler = None
+    if "lr_scheduler" in config:
+        lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer)
+
+    trainer_class = resolve(module_trainer, config["trainer"]["type"], "trainer.type")
+    return trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
+                         data_loader=data_loader, valid_data_loader=valid_data_loader,
+                         lr_scheduler=lr_scheduler, device_ids=device_ids)
+
+
+def dry_run(config: ConfigParser, trainer) -> None:
+    """Print the resolved config and the model summary with one batch through it; write nothing."""
+    data, _ = next(iter(trainer.data_loader))
+    print(config.to_json())
+    print(trainer.raw_model.summary(data[:2].to(trainer.device)))
+    print(f"train batches per epoch: {len(trainer.data_loader)}, validation batches: "
+          f"{len(trainer.valid_data_loader) if trainer.valid_data_loader else 0}")
+    print("dry run: the config is valid and every object was built; nothing was written")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = training_arguments("Train a model from a config.",
+                                resume_help="continue a run: a checkpoint, a run directory, or 'auto'")
+    config = ConfigParser.from_args(parser, argv=argv)
+    dist.init_distributed()
+    setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())  # console until the run starts
+    seed_everything(config["seed"])
+    configure_determinism(config["deterministic"])
+
+    trainer = build_trainer(config)
+    if config.dry_run:
+        dry_run(config, trainer)
+        return
+    config.start_run()
+    trainer.train()
+    dist.close_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,146 @@
+import contextlib
+
+import torch
+from tqdm import tqdm
+
+from base.base_trainer import BaseTrainer
+from utils import dist
+from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.metric_tracker import MetricTracker
+
+
+class Trainer(BaseTrainer):
+    """Supervised training: one forward, loss and backward per batch, then validation.
+
+    Override ``_train_epoch`` or ``_valid_epoch`` in a subclass for other kinds of training and name
+    the subclass in the config's ``trainer.type``.
+    """
+
+    def __init__(self, model, criterion, metric_fns: dict, optimizer, config, device, data_loader,
+                 valid_data_loader=None, lr_scheduler=None, device_ids=None):
+        super().__init__(model, criterion, metric_fns, optimizer, config, device, lr_scheduler, device_ids)
+        options = config["trainer"]
+        self.data_loader = data_loader
+        self.valid_data_loader = valid_data_loader
+        self.accum_steps = options["grad_accum_steps"]
+        self.grad_clip_norm = options["grad_clip_norm"]
+        self.log_step = options["log_step"]
+        self.channels_last = options["channels_last"]
+        self.progress_bar = options["progress_bar"] and dist.is_main_process()
+        self.train_metrics = MetricTracker(metric_fns)
+        self.valid_metrics = MetricTracker(metric_fns)
+        if self.monitor_key and self.monitor_key.startswith("val_") and valid_data_loader is None:
+            raise ConfigError("trainer.monitor", f"{self.monitor_key!r} needs a validation split, but "
+                                                 "data_loader.args.validation_split is 0")
+
+    def _to_device(self, data: torch.Tensor) -> torch.Tensor:
+        data = data.to(self.device, non_blocking=True)
+        if self.channels_last and data.dim() == 4:
+            data = data.contiguous(memory_format=torch.channels_last)
+        return data
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        """Train one epoch, then validate.
+
+        Returns the epoch's log: the training loss and metrics, the validation ones prefixed "val_",
+        and the learning rate the epoch trained with.
+        """
+        self.model.train()
+        self.data_loader.set_epoch(epoch)
+        first_batch, self.resume_batches = self.resume_batches, 0
+        self.train_metrics.reset()
+        if first_batch:  # resuming in the middle of this epoch
+            self.data_loader.skip_batches(first_batch)
+            self.train_metrics.load_state_dict(self.resume_state.pop("train_metrics"), self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        batches = first_batch + len(self.data_loader)
+        recent_losses = []
+        bar = tqdm(self.data_loader, desc=f"epoch {epoch}/{self.epochs}", total=batches, initial=first_batch,
+                   disable=not self.progress_bar, leave=False, dynamic_ncols=True)
+        for batch_idx, (data, target) in enumerate(bar, start=first_batch):
+            data, target = self._to_device(data), target.to(self.device, non_blocking=True)
+            step_now = (batch_idx + 1) % self.accum_steps == 0 or batch_idx + 1 == batches
+            # Between optimizer steps DDP need not average gradients: no_sync skips that communication.
+            sync = step_now or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with self._autocast():
+                    output = self.model(data)
+                    loss = self.criterion(output, target)
+                self.scaler.scale(loss / self.accum_steps).backward()
+            self.train_metrics.update(loss.detach(), output.detach(), target)
+            recent_losses.append(loss.detach())
+            if not step_now:
+                continue
+            self._optimizer_step()
+            # The only host syncs of the loop: every log_step optimizer steps and at the end.
+            if self.global_step % self.log_step == 0 or batch_idx + 1 == batches or self._stop_signal:
+                stop = self._check_losses(epoch, batch_idx, recent_losses, bar)
+                recent_losses = []
+                if stop:
+                    self._save_checkpoint(epoch - 1, {}, batches_done=batch_idx + 1)
+                    raise TrainingInterrupted(stop, self.resume_command)
+        bar.close()
+
+        log = self.train_metrics.result()
+        if self.valid_data_loader is not None:
+            log |= self._valid_epoch(epoch)
+        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
+            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.lr_scheduler.step(log[self.monitor_key or "loss"])
+            else:
+                self.lr_scheduler.step()
+        return log | {"lr": lr}
+
+    def _optimizer_step(self) -> None:
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if self.lr_scheduler is not None and self.scheduler_interval == "step":
+            self.lr_scheduler.step()
+
+    def _check_losses(self, epoch: int, batch_idx: int, losses: list, bar) -> int:
+        """Stop on a non-finite loss; log the recent loss. Returns the stop signal all processes agree on."""
+        losses = torch.stack(losses).float()
+        finite = torch.isfinite(losses)
+        # One small all-reduce makes every process agree on a non-finite loss and on a stop signal.
+        flags = torch.tensor([float(not finite.all()), float(self._stop_signal or 0)], device=self.device)
+        if dist.is_distributed():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        if flags[0]:
+            where = "on another process"
+            if not finite.all():
+                first_bad = batch_idx + 1 - len(losses) + int((~finite).nonzero()[0])
+                where = f"batch {first_bad + 1}: {losses[first_bad - batch_idx - 1].item()}"
+            raise NonFiniteLossError(
+                f"epoch {epoch}, {where}: the loss is not finite; last.pth keeps the state after "
+                f"epoch {epoch - 1}. Lower the learning rate, set trainer.grad_clip_norm, or check the data")
+        mean_loss = losses.mean().item()
+        bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+        self.tensorboard.add_scalars({"train/loss_step": mean_loss}, self.global_step)
+        return int(flags[1])
+
+    def _valid_epoch(self, epoch: int) -> dict:
+        """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}."""
+        # The plain model: validation needs no gradient sync, and each process has its own share.
+        model = self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) \
+            else self.model
+        model.eval()
+        self.valid_metrics.reset()
+        with torch.inference_mode():
+            for data, target in self.valid_data_loader:
+                data, target = self._to_device(data), target.to(self.device, non_blocking=True)
+                with self._autocast():
+                    output = model(data)
+                    loss = self.criterion(output, target)
+                self.valid_metrics.update(loss, output, target)
+        return self.valid_metrics.result(prefix="val_")
+
+    def _epoch_state(self) -> dict:
+        return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict()}

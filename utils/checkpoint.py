@@ -1,0 +1,156 @@
+"""Checkpoint files: atomic saves, a checksum over every byte, safe loading.
+
+A checkpoint is an ordinary ``torch.save`` file (a zip archive) whose archive comment holds the
+SHA-256 of the bytes before it. ``torch.load(path, weights_only=True)`` reads it as usual; this module
+also verifies the checksum, so a truncated or altered file is named instead of silently loaded.
+"""
+import hashlib
+import io
+import logging
+import os
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import torch
+
+from utils.errors import CheckpointError
+
+FORMAT_VERSION = 1
+_CHECKSUM_TAG = b"sha256:"
+_CHECKSUM_LENGTH = len(_CHECKSUM_TAG) + 64
+_ZIP_END_SIGNATURE = b"PK\x05\x06"  # the end-of-central-directory record, 22 bytes at the end
+TEMP_SUFFIX = ".tmp"
+
+logger = logging.getLogger(__name__)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A crash or SIGKILL at any moment leaves either the previous file or the new one, never a mix.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = bytearray(buffer.getbuffer())
+    if data[-22:-18] != _ZIP_END_SIGNATURE or data[-2:] != b"\0\0":
+        raise RuntimeError("torch.save wrote an archive with a comment; cannot add the checksum")
+    data[-2:] = _CHECKSUM_LENGTH.to_bytes(2, "little")  # declare the comment that follows
+    data += _CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
+    path = Path(path)
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    with open(temp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def link_checkpoint(source: str | Path, target: str | Path) -> None:
+    """Make ``target`` hold the same bytes as ``source``, atomically, as a hard link where possible.
+
+    The link costs no disk space; ``source`` being replaced later does not change ``target``.
+    """
+    source, target = Path(source), Path(target)
+    temp = target.with_name(target.name + TEMP_SUFFIX)
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, temp)
+    os.replace(temp, target)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def clean_temp_files(folder: str | Path) -> None:
+    """Remove the temporary files a crash during a save left behind."""
+    for temp in Path(folder).glob(f"*{TEMP_SUFFIX}"):
+        logger.warning("removing %s, left by an interrupted save", temp)
+        temp.unlink()
+
+
+def read_verified(path: str | Path) -> bytes:
+    """The bytes of a checkpoint file whose checksum matches; a CheckpointError naming it otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(str(path), "no such checkpoint file")
+    data = path.read_bytes()
+    tag_at = len(data) - _CHECKSUM_LENGTH
+    if data[tag_at : tag_at + len(_CHECKSUM_TAG)] != _CHECKSUM_TAG:
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise CheckpointError(str(path), "not a checkpoint (not a torch.save file, or truncated)")
+        raise CheckpointError(str(path), "damaged or not written by this template (no checksum)")
+    expected = data[tag_at + len(_CHECKSUM_TAG) :].decode("ascii", "replace")
+    if hashlib.sha256(data[:tag_at]).hexdigest() != expected:
+        raise CheckpointError(str(path), "damaged: its checksum does not match its contents")
+    return data
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load and verify a checkpoint without running any code stored in it.
+
+    Raises a CheckpointError, which names the file, when it is missing, damaged, not a checkpoint,
+    or holds a pickle with code in it (``weights_only=True`` refuses those).
+
+    Examples:
+        >>> checkpoint = load_checkpoint("saved/Digits_ResNet/20261127_101500/model_best.pth")
+        >>> model.load_state_dict(checkpoint["state_dict"])
+    """
+    data = read_verified(path)
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(str(path), f"refused to load, it holds more than tensors: {first_line}") from None
+    except Exception as error:
+        raise CheckpointError(str(path), f"cannot be read: {error}") from error
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise CheckpointError(str(path), "not a training checkpoint of this template")
+    if checkpoint["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(str(path), f"format {checkpoint['format_version']} is newer than this code")
+    return checkpoint
+
+
+def resume_candidates(run_dir: str | Path) -> list[Path]:
+    """The checkpoints of a run directory, newest first: last.pth, then the others by time."""
+    run_dir = Path(run_dir)
+    others = [*run_dir.glob("checkpoint-epoch*.pth"), run_dir / "model_best.pth"]
+    others = sorted((p for p in others if p.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+    last = run_dir / "last.pth"
+    return ([last] if last.is_file() else []) + others
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run directory that verifies; warns about each one skipped."""
+    candidates = resume_candidates(run_dir)
+    if not candidates:
+        raise CheckpointError(str(run_dir), "holds no checkpoint (last.pth, checkpoint-epoch*.pth)")
+    for candidate in candidates:
+        try:
+            read_verified(candidate)
+            return candidate
+        except CheckpointError as error:
+            logger.warning("skipping %s", error)
+    raise CheckpointError(str(run_dir), "every checkpoint in it is damaged")
+
+
+def strip_module_prefix(state_dict: dict) -> dict:
+    """State dict keys without the ``module.`` (DataParallel, DDP) and ``_orig_mod.`` (compile) prefixes."""
+    prefixes = ("module.", "_orig_mod.")
+    clean = {}
+    for key, value in state_dict.items():
+        while key.startswith(prefixes):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    return clean

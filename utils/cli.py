@@ -1,0 +1,54 @@
+"""The entry point shared by the scripts: one clear line per user error, the right exit code."""
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from utils.errors import NonFiniteLossError, TrainingInterrupted, UserError
+
+DEBUG_ENV = "TEMPLATE_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises a UserError instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UserError("command line", f"{message} (see --help)")
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """True when ``--debug`` is on the command line or TEMPLATE_DEBUG=1 is set."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error as one line, also when a DataLoader worker wrapped it."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        # DataLoader workers re-raise "Caught X in DataLoader worker ... Traceback ... module.X: msg".
+        _, _, message = lines[-1].partition(": ")
+        return message
+    return " ".join(lines)
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a script's main function and turn its errors into exit codes.
+
+    Exit codes: 0 success, 1 non-finite loss, 2 user error, 130/143 interrupted by SIGINT/SIGTERM.
+    With --debug or TEMPLATE_DEBUG=1 the traceback of a user error is shown as well.
+
+    Examples:
+        >>> if __name__ == "__main__":
+        ...     run_cli(main)
+    """
+    try:
+        main()
+    except (UserError, NonFiniteLossError) as error:
+        if debug_requested():
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)

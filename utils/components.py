@@ -1,0 +1,181 @@
+"""Safe lookup of the classes and functions a config names, and checks of their arguments.
+
+A config's "type" is only ever a public class or function defined in its section's module (or that
+module's package). Dotted paths, private names and anything imported from elsewhere (``os.system``,
+``__import__``) are refused, so nothing in a config can reach an arbitrary import.
+"""
+import importlib
+import inspect
+import re
+from types import ModuleType
+
+from utils.config_schema import did_you_mean
+from utils.errors import ConfigError
+
+# Where each config section looks its "type" up (SPEC section 2).
+SECTION_MODULES = {
+    "arch": "model.model",
+    "dataset": "dataset.datasets",
+    "data_loader": "data_loader.data_loaders",
+    "loss": "model.loss",
+    "metrics": "model.metric",
+    "optimizer": "torch.optim",
+    "lr_scheduler": "torch.optim.lr_scheduler",
+    "trainer": "trainer",
+    "transforms": "torchvision.transforms.v2",
+}
+# Arguments the code passes itself: how many leading positional ones, and which keywords.
+INJECTED = {
+    "data_loader": (1, ("seed",)),
+    "optimizer": (1, ()),
+    "lr_scheduler": (1, ()),
+    "loss": (2, ()),
+    "metrics": (2, ()),
+}
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def section_module(section: str) -> ModuleType:
+    return importlib.import_module(SECTION_MODULES[section])
+
+
+def offered(module: ModuleType) -> list[str]:
+    """The names a config may use in ``module``: its public classes and functions."""
+    return sorted(name for name, obj in vars(module).items() if _is_offered(module, name, obj))
+
+
+def _is_offered(module: ModuleType, name: str, obj) -> bool:
+    package = module.__name__.split(".")[0]
+    defined_here = (getattr(obj, "__module__", None) or "").split(".")[0] == package
+    return (not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
+            and defined_here)
+
+
+def resolve(module: ModuleType, name: str, where: str):
+    """The class or function ``name`` of ``module``, or a ConfigError listing what there is.
+
+    Examples:
+        >>> resolve(torch.optim, "Adam", "optimizer.type")
+        <class 'torch.optim.adam.Adam'>
+    """
+    choices = offered(module)
+    listing = ", ".join(choices[:40]) + (", ..." if len(choices) > 40 else "")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(where, f"{name!r} is not allowed: a type is a plain public name from "
+                                 f"{module.__name__} (no dots, no leading underscore); available: {listing}")
+    obj = vars(module).get(name)
+    if obj is None or not _is_offered(module, name, obj):
+        raise ConfigError(where, f"unknown type {name!r} in {module.__name__}{did_you_mean(name, choices)}; "
+                                 f"available: {listing}")
+    return obj
+
+
+def parameters(obj) -> tuple[list[str], list[str], bool]:
+    """(argument names, required argument names, accepts any keyword) of a class or function.
+
+    A class whose ``__init__`` takes ``**kwargs`` also accepts its parent classes' arguments.
+    """
+    names, required = [], []
+    targets = [obj]
+    if inspect.isclass(obj):
+        targets = [base.__init__ for base in obj.__mro__ if "__init__" in vars(base) and base is not object]
+    for i, target in enumerate(targets):
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return names, required, True
+        params = [p for p in signature.parameters.values() if p.name != "self"]
+        var_keyword = any(p.kind is p.VAR_KEYWORD for p in params)
+        for p in params:
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name in names:
+                continue
+            names.append(p.name)
+            if i == 0 and p.default is p.empty:
+                required.append(p.name)
+        if not var_keyword:
+            return names, required, False
+    return names, required, True
+
+
+def check_args(where: str, obj, args: dict, section: str = "") -> None:
+    """Raise a ConfigError for an argument ``obj`` does not take, or a required one left out."""
+    n_positional, injected = INJECTED.get(section, (0, ()))
+    if section in ("loss", "metrics") and inspect.isclass(obj):
+        n_positional = 0  # a class is built from its args; its instance is called with (output, target)
+    names, required, any_keyword = parameters(obj)
+    supplied = names[:n_positional] + list(injected)
+    for key in args:
+        if key in supplied[:n_positional] or (key not in names and not any_keyword):
+            accepted = [n for n in names if n not in supplied]
+            raise ConfigError(f"{where}.args.{key}",
+                              f"{obj.__name__} does not accept {key!r}{did_you_mean(key, accepted)}; "
+                              f"it accepts: {', '.join(accepted) or 'no arguments'}")
+    for name in required:
+        if name not in args and name not in supplied:
+            raise ConfigError(f"{where}.args.{name}", f"{obj.__name__} requires {name!r}, which is missing")
+
+
+def check_component(where: str, spec, section: str):
+    """Resolve a config entry (a name or {type, args}) and check its arguments; returns the object."""
+    name, args = (spec, {}) if isinstance(spec, str) else (spec["type"], spec.get("args", {}))
+    obj = resolve(section_module(section), name, f"{where}.type" if not isinstance(spec, str) else where)
+    check_args(where, obj, args, section)
+    for key, value in args.items():
+        if is_transform_list(key, value):
+            for i, step in enumerate(value):
+                check_component(f"{where}.args.{key}.{i}", step, "transforms")
+    return obj
+
+
+def is_transform_list(key: str, value) -> bool:
+    """Dataset arguments named ``*transform`` that hold a list are transform pipelines."""
+    return key.endswith("transform") and isinstance(value, list)
+
+
+def build_transform(steps: list, where: str):
+    """A ``v2.Compose`` of torchvision.transforms.v2 steps given as {type, args}.
+
+    A step's argument that is itself a list of steps (RandomApply, RandomChoice) is built as well.
+
+    Examples:
+        >>> build_transform([{"type": "RandomHorizontalFlip", "args": {"p": 0.5}}], "dataset")
+    """
+    return section_module("transforms").Compose([_build_step(step, f"{where}.{i}") for i, step in enumerate(steps)])
+
+
+def _build_step(step: dict, where: str):
+    obj = check_component(where, step, "transforms")
+    args = {}
+    for key, value in step.get("args", {}).items():
+        if isinstance(value, list) and value and all(isinstance(s, dict) and "type" in s for s in value):
+            value = [_build_step(s, f"{where}.args.{key}.{i}") for i, s in enumerate(value)]
+        elif key == "dtype" and isinstance(value, str):  # JSON has no dtypes: "float32" is torch.float32
+            value = _dtype(value, f"{where}.args.dtype")
+        args[key] = value
+    return obj(**args)
+
+
+def _dtype(name: str, where: str):
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(where, f"{name!r} is not a torch dtype, e.g. 'float32', 'uint8'")
+    return dtype
+
+
+def check_all(config: dict) -> None:
+    """Resolve every type a config names and check every argument, before anything is built."""
+    for section in ("arch", "dataset", "data_loader", "optimizer", "loss"):
+        check_component(section, config[section], section)
+    if config["lr_scheduler"] is not None:
+        check_component("lr_scheduler", config["lr_scheduler"], "lr_scheduler")
+    for i, entry in enumerate(config["metrics"]):
+        check_component(f"metrics.{i}", entry, "metrics")
+    resolve(section_module("trainer"), config["trainer"]["type"], "trainer.type")
+    inference = config["inference"]
+    for section in ("dataset", "data_loader"):
+        if inference[section] is not None:
+            check_component(f"inference.{section}", inference[section], section)
+    for i, entry in enumerate(inference["tta"]):
+        check_component(f"inference.tta.{i}", entry, "transforms")

@@ -1,0 +1,211 @@
+"""What a config may hold: every known key, its type, its default and its range.
+
+``validate(config)`` checks a config against this schema before anything is built and returns it
+with the defaults filled in. Keys that start with "_" are comments and are ignored.
+"""
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from utils.errors import ConfigError
+
+REQUIRED = object()
+COMPONENT_SECTIONS = ("arch", "dataset", "data_loader", "optimizer")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: the JSON types it accepts, its default, and an optional range check."""
+
+    types: tuple
+    default: Any = REQUIRED
+    check: Any = None  # value -> a description of the problem, or None
+
+
+def _positive(value):
+    return None if value > 0 else "must be positive"
+
+
+def _non_negative(value):
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _one_of(*choices):
+    return lambda value: None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+
+def _monitor(value):
+    parts = value.split()
+    if value == "off" or (len(parts) == 2 and parts[0] in ("min", "max")):
+        return None
+    return "must be 'off', 'min <metric>' or 'max <metric>', e.g. 'max val_accuracy'"
+
+
+NONE = type(None)
+
+TRAINER = {
+    "type": Field((str,), "Trainer"),
+    "epochs": Field((int,), REQUIRED, _positive),
+    "save_dir": Field((str,), "saved/"),
+    "save_period": Field((int,), 0, _non_negative),
+    "verbosity": Field((int,), 1, _one_of(0, 1, 2)),
+    "monitor": Field((str,), "min val_loss", _monitor),
+    "early_stop": Field((int,), 0, _non_negative),
+    "tensorboard": Field((bool,), True),
+    "log_step": Field((int,), 10, _positive),
+    "progress_bar": Field((bool,), True),
+    "amp": Field((bool, str), False, _one_of(False, "bf16", "fp16")),
+    "grad_accum_steps": Field((int,), 1, _positive),
+    "grad_clip_norm": Field((int, float, NONE), None, lambda v: None if v is None else _positive(v)),
+    "compile": Field((bool,), False),
+    "channels_last": Field((bool,), False),
+    "sync_batchnorm": Field((bool,), False),
+}
+WANDB = {
+    "enabled": Field((bool,), False),
+    "project": Field((str, NONE), None),
+    "entity": Field((str, NONE), None),
+    "mode": Field((str,), "offline", _one_of("offline", "online", "disabled")),
+    "tags": Field((list,), []),
+    "name": Field((str, NONE), None),
+}
+KFOLD = {
+    "n_splits": Field((int,), 5, lambda v: None if v >= 2 else "must be 2 or more"),
+    "stratified": Field((bool,), True),
+    "shuffle": Field((bool,), True),
+    "seed": Field((int, NONE), None),
+}
+INFERENCE = {
+    "dataset": Field((dict, NONE), None),
+    "data_loader": Field((dict, NONE), None),
+    "output": Field((str, NONE), None),
+    "tta": Field((list,), []),
+}
+TOP_LEVEL = {
+    "name": Field((str,)),
+    "n_gpu": Field((int,), 1, _non_negative),
+    "seed": Field((int,), 0),
+    "deterministic": Field((bool,), False),
+    "arch": Field((dict,)),
+    "dataset": Field((dict,)),
+    "data_loader": Field((dict,)),
+    "optimizer": Field((dict,)),
+    "loss": Field((str, dict)),
+    "metrics": Field((list,), []),
+    "lr_scheduler": Field((dict, NONE), None),
+    "trainer": Field((dict,)),
+    "wandb": Field((dict,), {}),
+    "kfold": Field((dict,), {}),
+    "inference": Field((dict,), {}),
+}
+SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE}
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean "x"?)' for the closest choice, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(types: tuple) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+             dict: "an object", list: "a list", NONE: "null"}
+    return " or ".join(names[t] for t in types)
+
+
+def check_value(where: str, value, field: Field):
+    """Raise a ConfigError unless ``value`` has one of the field's types and passes its check."""
+    # JSON true/false are ints to Python; an integer field must not take them, a number field takes ints.
+    fits = any(
+        (isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)))
+        or (t is float and isinstance(value, int) and not isinstance(value, bool))
+        for t in field.types
+    )
+    if not fits:
+        raise ConfigError(where, f"must be {_type_name(field.types)}, got {value!r}")
+    problem = field.check(value) if field.check else None
+    if problem:
+        raise ConfigError(where, f"{problem}, got {value!r}")
+
+
+def check_section(where: str, values: dict, schema: dict[str, Field]) -> dict:
+    """Check a section's keys and values; returns it with the defaults filled in."""
+    if not isinstance(values, dict):
+        raise ConfigError(where, f"must be an object, got {values!r}")
+    for key in values:
+        if key not in schema and not key.startswith("_"):
+            raise ConfigError(f"{where}.{key}" if where else key,
+                              f"unknown key{did_you_mean(key, schema)}; known keys: {', '.join(schema)}")
+    resolved = {}
+    for key, field in schema.items():
+        path = f"{where}.{key}" if where else key
+        if key in values:
+            check_value(path, values[key], field)
+            resolved[key] = values[key]
+        elif field.default is REQUIRED:
+            raise ConfigError(path, "is required but missing")
+        else:
+            resolved[key] = field.default
+    return resolved | {key: value for key, value in values.items() if key.startswith("_")}
+
+
+def check_component(where: str, spec, extra_keys: tuple = ()) -> None:
+    """A component is ``{"type": NAME, "args": {...}}``."""
+    if not isinstance(spec, dict):
+        raise ConfigError(where, f'must be {{"type": NAME, "args": {{...}}}}, got {spec!r}')
+    allowed = ("type", "args", *extra_keys)
+    for key in spec:
+        if key not in allowed and not key.startswith("_"):
+            raise ConfigError(f"{where}.{key}", f"unknown key{did_you_mean(key, allowed)}; "
+                                                f"known keys: {', '.join(allowed)}")
+    if "type" not in spec:
+        raise ConfigError(f"{where}.type", "is required but missing")
+    if not isinstance(spec["type"], str):
+        raise ConfigError(f"{where}.type", f"must be a string, got {spec['type']!r}")
+    if not isinstance(spec.get("args", {}), dict):
+        raise ConfigError(f"{where}.args", f"must be an object, got {spec['args']!r}")
+
+
+def validate(config) -> dict:
+    """Check the whole config before anything is built; returns it with defaults filled in."""
+    if not isinstance(config, dict):
+        raise ConfigError("config", "must be a JSON object")
+    resolved = check_section("", config, TOP_LEVEL)
+    for name, schema in SECTIONS.items():
+        resolved[name] = check_section(name, resolved[name], schema)
+    for name in COMPONENT_SECTIONS:
+        check_component(name, resolved[name])
+    if resolved["lr_scheduler"] is not None:
+        check_component("lr_scheduler", resolved["lr_scheduler"], extra_keys=("interval",))
+        interval = resolved["lr_scheduler"].get("interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ConfigError("lr_scheduler.interval", f"must be 'epoch' or 'step', got {interval!r}")
+    if not isinstance(resolved["loss"], str):
+        check_component("loss", resolved["loss"])
+    for i, entry in enumerate(resolved["metrics"]):
+        if not isinstance(entry, str):
+            check_component(f"metrics.{i}", entry, extra_keys=("name",))
+    for key in ("dataset", "data_loader"):
+        if resolved["inference"][key] is not None:
+            check_component(f"inference.{key}", resolved["inference"][key])
+    for i, entry in enumerate(resolved["inference"]["tta"]):
+        check_component(f"inference.tta.{i}", entry)
+    _check_monitor(resolved)
+    return resolved
+
+
+def metric_names(config: dict) -> list[str]:
+    """The column names of the configured metrics: the type, or the entry's "name"."""
+    return [entry if isinstance(entry, str) else entry.get("name", entry["type"]) for entry in config["metrics"]]
+
+
+def _check_monitor(config: dict) -> None:
+    monitor = config["trainer"]["monitor"]
+    if monitor == "off":
+        return
+    names = ["loss", *metric_names(config)]
+    logged = names + [f"val_{name}" for name in names]
+    key = monitor.split()[1]
+    if key not in logged:
+        raise ConfigError("trainer.monitor", f"{key!r} is not a logged value{did_you_mean(key, logged)}; "
+                                             f"choose from {', '.join(logged)}")

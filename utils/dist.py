@@ -1,0 +1,78 @@
+"""DistributedDataParallel plumbing: one process per device, started by torchrun.
+
+Every helper is a no-op in a plain single-process run, so the training code calls them unconditionally.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> None:
+    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def close_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """Only the main process (rank 0) writes logs, checkpoints, metrics.csv, TensorBoard and wandb."""
+    return get_rank() == 0
+
+
+def local_device(n_gpu: int) -> torch.device:
+    """This process's device under torchrun: its own GPU, or the CPU."""
+    if torch.cuda.is_available() and n_gpu > 0:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes, in place; returns it."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj):
+    """Rank 0's value of ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
