@@ -90,7 +90,7 @@ class ConfigParser:
     def from_args(cls, parser: ArgumentParser, options: Sequence[CliOption] = CLI_OPTIONS,
                   argv: list[str] | None = None) -> "ConfigParser":
         """Build the config from the command line: -c, -r, -d, option flags and overrides."""
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)
         if getattr(args, "device", None):
             os.environ["CUDA_VISIBLE_DEVICES"] = args.device
         modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in options

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny configs that train in seconds, and a way to run the scripts as a user does."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_CONFIG = {
+    "name": "Tiny",
+    "n_gpu": 0,
+    "seed": 1,
+    "arch": {"type": "ResNet", "args": {"num_blocks": [1, 1], "widths": [8, 16], "num_classes": 10,
+                                        "in_channels": 1, "stem": "small"}},
+    "dataset": {"type": "DigitsDataset", "args": {"train": True}},
+    "data_loader": {"type": "DigitsDataLoader",
+                    "args": {"batch_size": 64, "shuffle": True, "validation_split": 0.2, "num_workers": 0}},
+    "optimizer": {"type": "Adam", "args": {"lr": 0.01}},
+    "loss": "cross_entropy",
+    "metrics": ["accuracy", "top_k_acc"],
+    "trainer": {"epochs": 2, "save_dir": "saved/", "save_period": 1, "verbosity": 1,
+                "monitor": "max val_accuracy", "early_stop": 0, "tensorboard": False, "progress_bar": False},
+}
+
+IRIS_CONFIG = {
+    "name": "TinyIris",
+    "n_gpu": 0,
+    "seed": 1,
+    "arch": {"type": "MLP", "args": {"in_features": 4, "num_classes": 3, "hidden": [16]}},
+    "dataset": {"type": "IrisDataset", "args": {"train": True}},
+    "data_loader": {"type": "IrisDataLoader",
+                    "args": {"batch_size": 16, "shuffle": True, "validation_split": 0.2, "num_workers": 0}},
+    "optimizer": {"type": "SGD", "args": {"lr": 0.1}},
+    "loss": "cross_entropy",
+    "metrics": ["accuracy"],
+    "trainer": {"epochs": 3, "save_dir": "saved/", "save_period": 0, "verbosity": 1,
+                "monitor": "min val_loss", "early_stop": 0, "tensorboard": False, "progress_bar": False},
+}
+
+
+def make_config(tmp_path: Path, base: dict = TINY_CONFIG, **changes) -> Path:
+    """Write a copy of ``base`` with ``save_dir`` in tmp_path and dotted-path changes applied.
+
+    Example: ``make_config(tmp_path, **{"trainer.epochs": 3})``.
+    """
+    config = copy.deepcopy(base)
+    config["trainer"]["save_dir"] = str(tmp_path / "saved")
+    for path, value in changes.items():
+        node = config
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def run_script(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None,
+               check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repository root, the way a user does; returns the result."""
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", "WANDB_MODE": "offline", **(env or {})}
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def run_dirs(tmp_path: Path, name: str = "Tiny") -> list[Path]:
+    """The run directories created under tmp_path/saved/<name>/, oldest first."""
+    root = tmp_path / "saved" / name
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return make_config(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _run_from_repo(monkeypatch):
+    """Tests import the project's packages and read relative paths from the repository root."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
