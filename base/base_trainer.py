@@ -63,7 +63,7 @@ class BaseTrainer:
         self._rng_to_restore = None
         self._stop_signal = None
         self.run_dir: Path | None = None
-        self.resume_command = f"python {Path(sys.argv[0]).name} -r {{run_dir}}"
+        self.resume_command = None  # printed on Ctrl-C / SIGTERM; kfold_train.py sets its own
 
         if config.resume is not None:
             self._resume_checkpoint(config.resume)
@@ -96,7 +96,7 @@ class BaseTrainer:
     def train(self) -> dict:
         """Train from ``start_epoch`` to ``epochs``; returns the last epoch's log."""
         self.run_dir = self.config.run_dir
-        self.resume_command = self.resume_command.format(run_dir=self.run_dir)
+        self.resume_command = self.resume_command or f"python {Path(sys.argv[0]).name} -r {self.run_dir}"
         main = dist.is_main_process()
         resumed_epoch = self.start_epoch - 1 if self.config.resume is not None else None
         self.csv = MetricsCsv(self.run_dir / "metrics.csv", resumed_epoch) if main else None

@@ -76,6 +76,7 @@ KFOLD = {
     "seed": Field((int, NONE), None),
 }
 INFERENCE = {
+    "split": Field((str,), "test", _one_of("test", "valid")),
     "dataset": Field((dict, NONE), None),
     "data_loader": Field((dict, NONE), None),
     "output": Field((str, NONE), None),

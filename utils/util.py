@@ -45,7 +45,7 @@ def prepare_device(n_gpu: int) -> tuple[torch.device, list[int]]:
     """
     available = torch.cuda.device_count()
     if n_gpu > 0 and available == 0:
-        logger.info("no CUDA GPU found: training on the CPU")
+        logger.debug("no CUDA GPU found: using the CPU")
         n_gpu = 0
     if n_gpu > available:
         logger.warning("n_gpu is %d but only %d GPUs are available: using %d", n_gpu, available, available)

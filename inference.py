@@ -1,0 +1,139 @@
+"""Predict with a trained model or an ensemble, and score the predictions when labels are known.
+
+    python inference.py --resume saved/Digits_ResNet/20261127_101500/model_best.pth
+    python inference.py --resume saved/Digits_ResNet/20261127_120000       # a k-fold run: all folds
+    python inference.py --resume a.pth --resume b.pth --output submission/predictions.csv
+
+The config is read from the (first) checkpoint; ``-c`` and KEY.PATH=VALUE change it. The data is the
+config's test data: the "inference" section's dataset if there is one, else the "dataset" section
+with ``train: false``. ``--split valid`` scores the run's validation split instead.
+"""
+import logging
+from pathlib import Path
+
+import torch
+
+import data_loader.data_loaders as module_data
+import model.loss as module_loss
+import model.metric as module_metric
+import model.model as module_arch
+from config_parser import ConfigParser, parse_overrides
+from logger.logger import setup_logging
+from trainer.predict import predict, write_predictions
+from utils.checkpoint import load_checkpoint, strip_module_prefix
+from utils.cli import ArgumentParser, run_cli
+from utils.components import build_transform, parameters, resolve, section_module
+from utils.errors import CheckpointError, ConfigError
+from utils.metric_tracker import MetricTracker
+from utils.util import prepare_device, read_json
+
+logger = logging.getLogger("inference")
+
+
+def checkpoint_paths(targets: list[str]) -> list[Path]:
+    """The checkpoints named by --resume: files, run directories (model_best.pth) or k-fold runs (every fold)."""
+    paths = []
+    for target in map(Path, targets):
+        if target.is_file():
+            paths.append(target)
+        elif target.is_dir() and sorted(target.glob("fold_*")):
+            for fold_dir in sorted(target.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
+                best = fold_dir / "model_best.pth"
+                paths.append(best if best.is_file() else fold_dir / "last.pth")
+        elif target.is_dir():
+            best = target / "model_best.pth"
+            paths.append(best if best.is_file() else target / "last.pth")
+        else:
+            raise CheckpointError(str(target), "no such checkpoint file or run directory")
+    return paths
+
+
+def test_loader(config: ConfigParser, split: str):
+    """The loader of the data to predict: the test data, or the run's validation split."""
+    if split == "valid":
+        valid_loader = config.init_data_loader("data_loader", module_data).split_validation()
+        if valid_loader is None:
+            raise ConfigError("inference.split", "'valid' needs a validation split, but validation_split is 0")
+        return valid_loader
+    section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
+    args = {}
+    if section == "dataset":
+        dataset_class = resolve(section_module("dataset"), config["dataset"]["type"], "dataset.type")
+        if "train" not in parameters(dataset_class)[0]:
+            raise ConfigError("inference.dataset", f"{dataset_class.__name__} has no 'train' argument: name the "
+                                                   "test data in an \"inference\" section")
+        args["train"] = False
+    dataset = config.init_obj(section, section_module("dataset"), **args).evaluation()
+    loader_section = "inference.data_loader" if config["inference"]["data_loader"] is not None else "data_loader"
+    return config.init_data_loader(loader_section, module_data, dataset=dataset, validation_split=0, shuffle=False)
+
+
+def load_model(config: ConfigParser, path: Path, device: torch.device) -> torch.nn.Module:
+    checkpoint = load_checkpoint(path, map_location=device)
+    if checkpoint["arch"] != config["arch"]["type"]:
+        raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch is "
+                                         f"{config['arch']['type']}")
+    model = config.init_obj("arch", module_arch)
+    try:
+        model.load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
+    except RuntimeError as error:
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise CheckpointError(str(path), f"does not fit the config's arch: {detail}") from None
+    model = model.to(device)
+    if config["trainer"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description="Predict with a trained model or an ensemble of them.")
+    parser.add_argument("-r", "--resume", action="append", required=True, metavar="CKPT",
+                        help="a checkpoint, a run directory or a k-fold run directory; repeat to ensemble")
+    parser.add_argument("-c", "--config", help="config file (default: the one stored in the checkpoint)")
+    parser.add_argument("-o", "--output", help="predictions CSV (default: predictions.csv beside the checkpoint)")
+    parser.add_argument("--split", choices=["test", "valid"], help="sets inference.split")
+    parser.add_argument("--bs", "--batch_size", type=int, help="batch size (sets data_loader.args.batch_size)")
+    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value")
+    args = parser.parse_intermixed_args(argv)
+
+    paths = checkpoint_paths(args.resume)
+    raw_config = read_json(args.config) if args.config else load_checkpoint(paths[0])["config"]
+    modification = parse_overrides(args.overrides)
+    if args.split:
+        modification["inference.split"] = args.split
+    if args.bs:
+        modification["+data_loader.args.batch_size"] = args.bs
+    config = ConfigParser(raw_config, modification=modification)
+    output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
+    setup_logging(output.parent, config["trainer"]["verbosity"])
+
+    device, _ = prepare_device(config["n_gpu"])
+    loader = test_loader(config, config["inference"]["split"])
+    dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
+    dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    models = [load_model(config, path, device) for path in paths]
+    logger.info("predicting %d samples (%s data) with %d checkpoint(s): %s", len(loader.dataset),
+                config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
+
+    tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["trainer"]["amp"])
+    outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
+
+    indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
+    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, dataset.classes)
+    logger.info("wrote %s", output)
+    if bool((targets >= 0).all()):
+        criterion = config.init_ftn("loss", module_loss)
+        tracker = MetricTracker(config.init_metrics(module_metric))
+        tracker.update(criterion(outputs, targets), outputs, targets)
+        logger.info("  ".join(f"{key} {value:.6f}" for key, value in tracker.result().items()))
+
+
+def _default_output(resume: Path) -> Path:
+    return (resume.parent if resume.is_file() else resume) / "predictions.csv"
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,141 @@
+"""k-fold cross-validation: each fold is a full training run of train.py's Trainer.
+
+    python kfold_train.py -c config.json --folds 5
+    python kfold_train.py -r saved/Digits_ResNet/20261127_101500       # resume: finished folds are skipped
+
+Writes ``<run>/fold_{k}/`` (a run directory each), ``kfold_summary.csv`` (one row per fold, then the
+mean and the standard deviation) and ``oof_predictions.csv`` (every training sample, predicted by
+the fold that held it out).
+"""
+import json
+import logging
+
+import numpy as np
+import torch
+
+import model.metric as module_metric
+from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
+from logger.logger import setup_logging
+from train import build_trainer, dry_run
+from trainer.predict import predict, write_predictions
+from utils import dist
+from utils.checkpoint import load_checkpoint, resume_candidates
+from utils.cli import run_cli
+from utils.components import section_module
+from utils.errors import ConfigError
+from utils.metric_tracker import MetricTracker
+from utils.seeding import configure_determinism, seed_everything
+
+logger = logging.getLogger("kfold")
+KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "number of folds")]
+
+
+def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle: bool, seed: int) -> list:
+    """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter_class = StratifiedKFold if stratified else KFold
+    if stratified and targets is None:
+        raise ConfigError("kfold.stratified", "the dataset has no targets to stratify by; set it to false")
+    splitter = splitter_class(n_splits=n_splits, shuffle=shuffle, random_state=seed if shuffle else None)
+    try:
+        return list(splitter.split(np.zeros(n_samples), targets if stratified else None))
+    except ValueError as error:
+        raise ConfigError("kfold.n_splits", str(error)) from None
+
+
+def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarray) -> dict:
+    """Train one fold (or resume it), predict its held-out part, and return its summary row."""
+    fold_dir = config.run_dir / f"fold_{fold}"
+    fold_seed = config["seed"] + fold
+    resumable = fold_dir.is_dir() and bool(resume_candidates(fold_dir))
+    fold_config = ConfigParser(config.config | {"seed": fold_seed}, run_dir=fold_dir,
+                               resume=fold_dir if resumable else None)
+    seed_everything(fold_seed)  # every fold starts from its own seed: nothing carries over
+    trainer = build_trainer(fold_config, dataset=train_dataset, validation_split=held_out)
+    trainer.resume_command = f"python kfold_train.py -r {config.run_dir}"
+    fold_config.start_run()
+    logger.info("fold %d/%d: %d training, %d held-out samples%s", fold + 1, config["kfold"]["n_splits"],
+                len(trainer.data_loader.train_indices), len(held_out), " (resumed)" if resumable else "")
+    trainer.train()
+
+    best_path = fold_dir / ("model_best.pth" if trainer.monitor_mode != "off" else "last.pth")
+    checkpoint = load_checkpoint(best_path, map_location=trainer.device)
+    trainer.raw_model.load_state_dict(checkpoint["state_dict"])
+    outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
+    # Under DDP each process predicted its own share of the held-out part: gather them.
+    shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))
+    row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
+    if trainer.monitor_mode != "off":
+        row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]
+    row |= {key: value for key, value in checkpoint["metrics"].items() if key.startswith("val_")}
+    if dist.is_main_process():
+        ids = [train_dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
+        write_predictions(fold_dir / "oof_predictions.csv", ids, torch.cat([s[1] for s in shards]),
+                          torch.cat([s[2] for s in shards]), train_dataset.classes)
+        (fold_dir / "fold_result.json").write_text(json.dumps(row, indent=4))
+    dist.barrier()
+    return row
+
+
+def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
+    """Write kfold_summary.csv and oof_predictions.csv; print and log the table and the OOF metrics."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    numeric = table.drop(columns="fold")
+    summary = pd.concat([table, pd.DataFrame([{"fold": "mean", **numeric.mean()}, {"fold": "std", **numeric.std()}])])
+    summary.to_csv(config.run_dir / "kfold_summary.csv", index=False)
+    logger.info("k-fold summary (%s; std is the sample standard deviation):\n%s",
+                config["trainer"]["monitor"], summary.to_string(index=False, float_format="{:.4g}".format))
+
+    oof = pd.concat(pd.read_csv(config.run_dir / f"fold_{row['fold']}" / "oof_predictions.csv") for row in rows)
+    oof = oof.sort_values("id", kind="stable")
+    oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
+    probs = torch.tensor(oof.filter(like="prob_").to_numpy())
+    tracker = MetricTracker(config.init_metrics(module_metric))
+    criterion = config.init_ftn("loss", section_module("loss"))
+    log_probs, targets = probs.clamp_min(1e-12).log(), torch.tensor(oof["target"].to_numpy())
+    tracker.update(criterion(log_probs, targets), log_probs, targets)
+    oof_metrics = {f"oof_{key}": value for key, value in tracker.result().items()}
+    (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
+    logger.info("out-of-fold, over all %d training samples: %s", len(oof),
+                "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = training_arguments("k-fold cross-validation: one training run per fold.",
+                                resume_help="continue an interrupted k-fold run directory")
+    parser.add_argument("--folds", type=int, help="number of folds (sets kfold.n_splits)")
+    config = ConfigParser.from_args(parser, options=KFOLD_OPTIONS, argv=argv)
+    if config.finetune is not None:
+        raise ConfigError("--finetune", "is for train.py; fine-tune each fold with a config instead")
+    dist.init_distributed()
+    setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())
+    seed_everything(config["seed"])
+    configure_determinism(config["deterministic"])
+
+    train_dataset = config.init_obj("dataset", section_module("dataset"))
+    options = config["kfold"]
+    folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
+                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
+    if config.dry_run:
+        dry_run(config, build_trainer(config, dataset=train_dataset, validation_split=folds[0][1]))
+        return
+    config.start_run()
+    rows = []
+    for fold, (_, held_out) in enumerate(folds):
+        result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
+        if result_file.is_file():
+            logger.info("fold %d/%d is finished: skipping it", fold + 1, len(folds))
+            rows.append(json.loads(result_file.read_text()))
+            continue
+        rows.append(run_fold(config, fold, train_dataset, held_out))
+        setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
+    if dist.is_main_process():
+        summarize(config, rows, train_dataset)
+    dist.close_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)
