@@ -54,6 +54,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     seed_everything(fold_seed)  # every fold starts from its own seed: nothing carries over
     trainer = build_trainer(fold_config, dataset=train_dataset, validation_split=held_out)
     trainer.resume_command = f"python kfold_train.py -r {config.run_dir}"
+    trainer.wandb_group, trainer.wandb_name = f"{config['name']}/{config.run_dir.name}", f"fold_{fold}"
     fold_config.start_run()
     logger.info("fold %d/%d: %d training, %d held-out samples%s", fold + 1, config["kfold"]["n_splits"],
                 len(trainer.data_loader.train_indices), len(held_out), " (resumed)" if resumable else "")

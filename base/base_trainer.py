@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from logger.metrics_csv import MetricsCsv
-from logger.visualization import TensorboardWriter
+from logger.recorder import RunRecorder, flatten
 from utils import dist
 from utils.checkpoint import (
     FORMAT_VERSION,
@@ -61,6 +60,8 @@ class BaseTrainer:
         self.resume_batches = 0  # batches of start_epoch already done (resuming mid-epoch)
         self.resume_state: dict = {}
         self._rng_to_restore = None
+        self.samples_per_epoch = None  # for the samples/second figure; the Trainer sets it
+        self.wandb_id = self.wandb_group = self.wandb_name = None
         self._stop_signal = None
         self.run_dir: Path | None = None
         self.resume_command = None  # printed on Ctrl-C / SIGTERM; kfold_train.py sets its own
@@ -97,11 +98,12 @@ class BaseTrainer:
         """Train from ``start_epoch`` to ``epochs``; returns the last epoch's log."""
         self.run_dir = self.config.run_dir
         self.resume_command = self.resume_command or f"python {Path(sys.argv[0]).name} -r {self.run_dir}"
-        main = dist.is_main_process()
-        resumed_epoch = self.start_epoch - 1 if self.config.resume is not None else None
-        self.csv = MetricsCsv(self.run_dir / "metrics.csv", resumed_epoch) if main else None
-        self.tensorboard = TensorboardWriter(self.run_dir / "tensorboard", main and self.config["trainer"][
-            "tensorboard"], purge_step=self.global_step + 1 if resumed_epoch is not None else None)
+        resumed = self.config.resume is not None
+        self.recorder = RunRecorder(self.config, self.run_dir, dist.is_main_process(),
+                                    resumed_epoch=self.start_epoch - 1 if resumed else None,
+                                    resumed_step=self.global_step, wandb_id=self.wandb_id,
+                                    wandb_group=self.wandb_group, wandb_name=self.wandb_name)
+        self.wandb_id = self.recorder.wandb.run_id
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
         elif dist.get_rank() > 0:
@@ -114,7 +116,8 @@ class BaseTrainer:
                     log = {"epoch": epoch, **self._train_epoch(epoch)}
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
                     improved, stop_early = self._update_monitor(log)
-                    self._log_epoch(log)  # before the checkpoint: a crash in between redoes the epoch
+                    # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
+                    self.recorder.log_epoch(log, self.global_step, self.samples_per_epoch)
                     self._save_checkpoint(epoch, log, best=improved)
                     stop_signal = self._agreed_stop_signal()
                     if stop_signal:
@@ -123,8 +126,11 @@ class BaseTrainer:
                         logger.info("no improvement of %s in %d epochs: stopping early", self.monitor_key,
                                     self.early_stop)
                         break
+            best = {f"best_{self.monitor_key}": self.monitor_best} if self.monitor_key else {}
+            self.recorder.finish(flatten(self.config.config), best | {"best_epoch": self.best_epoch,
+                                 **{f"last_{k}": v for k, v in log.items() if isinstance(v, float)}})
         finally:
-            self.tensorboard.close()
+            self.recorder.close()
         return log
 
     def _update_monitor(self, log: dict) -> tuple[bool, bool]:
@@ -142,16 +148,6 @@ class BaseTrainer:
         else:
             self.not_improved_count += 1
         return improved, 0 < self.early_stop <= self.not_improved_count
-
-    def _log_epoch(self, log: dict) -> None:
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in log.items()
-                         if k not in ("epoch", "epoch_time"))
-        logger.info("epoch %d/%d  %s  (%.1fs)", log["epoch"], self.epochs, text, log["epoch_time"])
-        if self.csv is not None:
-            self.csv.write(log)
-        scalars = {k: v for k, v in log.items() if k != "epoch"}
-        self.tensorboard.add_scalars({**scalars, "epoch": log["epoch"]}, self.global_step)
-        self.tensorboard.flush()
 
     @contextmanager
     def _stop_on_signals(self):
@@ -192,7 +188,7 @@ class BaseTrainer:
             "best_epoch": self.best_epoch,
             "rng_states": dist.gather_objects(get_rng_state()),  # one per process
             "config": self.config.config,
-            "wandb_id": getattr(self, "wandb_id", None),
+            "wandb_id": self.wandb_id,
             "metrics": log,
             "epoch_state": self._epoch_state() if batches_done else {},
         }

@@ -37,3 +37,39 @@ class TensorboardWriter:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def confusion_matrix_image(matrix, class_names=None, cell: int = 28):
+    """A confusion matrix as a CHW uint8 image: rows are true classes, columns predictions.
+
+    Each cell is shaded by the fraction of its row (white to blue) and shows its count.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    matrix = np.asarray(matrix)
+    n = matrix.shape[0]
+    names = [str(name)[:4] for name in (class_names or range(n))]
+    margin = cell + 8
+    image = Image.new("RGB", (margin + n * cell, margin + n * cell), "white")
+    draw = ImageDraw.Draw(image)
+    fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    for true in range(n):
+        draw.text((2, margin + true * cell + cell // 3), names[true], fill="black")
+        draw.text((margin + true * cell + 4, 2), names[true], fill="black")
+        for pred in range(n):
+            shade = int(255 * (1 - fractions[true, pred]))
+            x, y = margin + pred * cell, margin + true * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
+            if matrix[true, pred]:
+                color = "black" if shade > 110 else "white"
+                draw.text((x + 3, y + cell // 3), str(int(matrix[true, pred])), fill=color)
+    return np.asarray(image).transpose(2, 0, 1).copy()
+
+
+def input_grid(batch, count: int = 64):
+    """A grid of the first images of a batch, as the model sees them, scaled to [0, 1] for display."""
+    from torchvision.utils import make_grid
+
+    images = batch[:count].detach().float().cpu()
+    return make_grid(images, nrow=8, normalize=True, scale_each=False, padding=1)

@@ -4,6 +4,7 @@ import torch
 from tqdm import tqdm
 
 from base.base_trainer import BaseTrainer
+from logger.visualization import confusion_matrix_image, input_grid
 from utils import dist
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.metric_tracker import MetricTracker
@@ -27,6 +28,8 @@ class Trainer(BaseTrainer):
         self.log_step = options["log_step"]
         self.channels_last = options["channels_last"]
         self.progress_bar = options["progress_bar"] and dist.is_main_process()
+        self.record_images = options["tensorboard"]  # the confusion matrix and a grid of inputs
+        self.samples_per_epoch = len(data_loader.train_indices)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
         if self.monitor_key and self.monitor_key.startswith("val_") and valid_data_loader is None:
@@ -62,6 +65,8 @@ class Trainer(BaseTrainer):
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
             data, target = self._to_device(data), target.to(self.device, non_blocking=True)
+            if self.record_images and self.global_step == 0 and batch_idx == 0 and data.dim() == 4:
+                self.recorder.tensorboard.add_image("inputs/train_batch", input_grid(data), 0)
             step_now = (batch_idx + 1) % self.accum_steps == 0 or batch_idx + 1 == batches
             # Between optimizer steps DDP need not average gradients: no_sync skips that communication.
             sync = step_now or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
@@ -123,7 +128,7 @@ class Trainer(BaseTrainer):
                 f"epoch {epoch - 1}. Lower the learning rate, set trainer.grad_clip_norm, or check the data")
         mean_loss = losses.mean().item()
         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-        self.tensorboard.add_scalars({"train/loss_step": mean_loss}, self.global_step)
+        self.recorder.log_step_loss(mean_loss, self.global_step)
         return int(flags[1])
 
     def _valid_epoch(self, epoch: int) -> dict:
@@ -133,6 +138,7 @@ class Trainer(BaseTrainer):
             else self.model
         model.eval()
         self.valid_metrics.reset()
+        confusion = None
         with torch.inference_mode():
             for data, target in self.valid_data_loader:
                 data, target = self._to_device(data), target.to(self.device, non_blocking=True)
@@ -140,6 +146,15 @@ class Trainer(BaseTrainer):
                     output = model(data)
                     loss = self.criterion(output, target)
                 self.valid_metrics.update(loss, output, target)
+                if self.record_images and output.dim() == 2:
+                    n = output.shape[1]
+                    counts = torch.bincount(target * n + output.argmax(1), minlength=n * n).reshape(n, n)
+                    confusion = counts if confusion is None else confusion + counts
+        if confusion is not None:
+            dist.all_reduce_sum(confusion)
+            classes = getattr(self.valid_data_loader.dataset, "dataset", None)
+            image = confusion_matrix_image(confusion.cpu().numpy(), getattr(classes, "classes", None))
+            self.recorder.tensorboard.add_image("val/confusion_matrix", image, self.global_step)
         return self.valid_metrics.result(prefix="val_")
 
     def _epoch_state(self) -> dict:
