@@ -77,6 +77,8 @@ class BaseTrainer:
         if options["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         if dist.is_distributed():
+            if options["sync_batchnorm"] and self.device.type != "cuda":
+                raise ConfigError("trainer.sync_batchnorm", "needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
             if options["sync_batchnorm"]:
                 model = self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             if options["compile"]:

@@ -81,7 +81,9 @@ class Trainer(BaseTrainer):
                 continue
             self._optimizer_step()
             # The only host syncs of the loop: every log_step optimizer steps and at the end.
-            if self.global_step % self.log_step == 0 or batch_idx + 1 == batches or self._stop_signal:
+            # (Under DDP a stop signal is only acted on there too: every process must join the all-reduce.)
+            if (self.global_step % self.log_step == 0 or batch_idx + 1 == batches
+                    or (self._stop_signal and not dist.is_distributed())):
                 stop = self._check_losses(epoch, batch_idx, recent_losses, bar)
                 recent_losses = []
                 if stop:
@@ -119,13 +121,14 @@ class Trainer(BaseTrainer):
         if dist.is_distributed():
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         if flags[0]:
-            where = "on another process"
+            where, value = "on another process", "not finite"
             if not finite.all():
-                first_bad = batch_idx + 1 - len(losses) + int((~finite).nonzero()[0])
-                where = f"batch {first_bad + 1}: {losses[first_bad - batch_idx - 1].item()}"
-            raise NonFiniteLossError(
-                f"epoch {epoch}, {where}: the loss is not finite; last.pth keeps the state after "
-                f"epoch {epoch - 1}. Lower the learning rate, set trainer.grad_clip_norm, or check the data")
+                first_bad = int((~finite).nonzero()[0])
+                where = f"batch {batch_idx + 2 - len(losses) + first_bad}"
+                value = f"{losses[first_bad].item()}"
+            kept = f"last.pth keeps the state after epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+            raise NonFiniteLossError(f"epoch {epoch}, {where}: the loss is {value}; {kept}. Lower the learning "
+                                     "rate, set trainer.grad_clip_norm, or check the data")
         mean_loss = losses.mean().item()
         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         self.recorder.log_step_loss(mean_loss, self.global_step)
