@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from utils.dist import get_rank, get_world_size
-from utils.seeding import sample_seed, worker_init_fn
+from utils.seeding import sample_seeds, worker_init_fn
 
 
 class EpochSampler(DistributedSampler):
@@ -23,9 +23,9 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self):
         positions = list(super().__iter__())[self.skip :]
-        for position in positions:
-            index = int(self.indices[position])
-            yield index, sample_seed(self.seed, self.epoch, index)
+        indices = np.asarray(self.indices)[positions]
+        seeds = sample_seeds(self.seed, self.epoch, indices)
+        return iter(zip(indices.tolist(), seeds.tolist()))
 
     def __len__(self) -> int:
         return self.num_samples - self.skip

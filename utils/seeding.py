@@ -3,7 +3,6 @@
 Reproducibility here does not depend on the number of DataLoader workers: the shuffle order of an
 epoch comes from (seed, epoch) and a sample's augmentation from (seed, epoch, sample index).
 """
-import hashlib
 import os
 import random
 import signal
@@ -38,10 +37,21 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one sample's augmentation, from (run seed, epoch, index in the dataset) alone."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer: a bijection on 64-bit integers that scrambles every bit."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_seeds(seed: int, epoch: int, indices) -> np.ndarray:
+    """The seed of each sample's augmentation, from (run seed, epoch, index in the dataset) alone.
+
+    Distinct indices of one epoch always get distinct seeds. Computed for a whole epoch at once.
+    """
+    epoch_key = _mix(_mix(np.array([seed % 2**64], dtype=np.uint64)) ^ np.uint64(epoch))
+    return (_mix(epoch_key ^ np.asarray(indices, dtype=np.uint64)) >> np.uint64(1)).astype(np.int64)
 
 
 @contextmanager
