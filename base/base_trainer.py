@@ -13,10 +13,9 @@ from logger.recorder import RunRecorder, flatten
 from utils import dist
 from utils.checkpoint import (
     FORMAT_VERSION,
+    CheckpointWriter,
     find_resume_checkpoint,
-    link_checkpoint,
     load_checkpoint,
-    save_checkpoint,
     strip_module_prefix,
 )
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
@@ -64,6 +63,7 @@ class BaseTrainer:
         self.wandb_id = self.wandb_group = self.wandb_name = None
         self._stop_signal = None
         self.run_dir: Path | None = None
+        self.checkpoint_writer = CheckpointWriter()
         self.resume_command = None  # printed on Ctrl-C / SIGTERM; kfold_train.py sets its own
 
         if config.resume is not None:
@@ -118,6 +118,7 @@ class BaseTrainer:
                     log = {"epoch": epoch, **self._train_epoch(epoch)}
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
                     improved, stop_early = self._update_monitor(log)
+                    self._after_epoch(log, improved, final=stop_early or epoch == self.epochs)
                     # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
                     self.recorder.log_epoch(log, self.global_step, self.samples_per_epoch)
                     self._save_checkpoint(epoch, log, best=improved)
@@ -132,8 +133,12 @@ class BaseTrainer:
             self.recorder.finish(flatten(self.config.config), best | {"best_epoch": self.best_epoch,
                                  **{f"last_{k}": v for k, v in log.items() if isinstance(v, float)}})
         finally:
+            self.checkpoint_writer.wait()
             self.recorder.close()
         return log
+
+    def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
+        """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely."""
 
     def _update_monitor(self, log: dict) -> tuple[bool, bool]:
         """(improved, stop early): rank 0 decides, so every process stops at the same epoch."""
@@ -211,13 +216,13 @@ class BaseTrainer:
         state = self._checkpoint_state(epoch, log, batches_done)
         if not dist.is_main_process():
             return
-        last = self.run_dir / "last.pth"
-        save_checkpoint(state, last)
+        links = []  # hard links to last.pth: no extra disk space, and atomic
         if batches_done == 0 and self.save_period and epoch % self.save_period == 0:
-            link_checkpoint(last, self.run_dir / f"checkpoint-epoch{epoch}.pth")
+            links.append(self.run_dir / f"checkpoint-epoch{epoch}.pth")
         if best:
-            link_checkpoint(last, self.run_dir / "model_best.pth")
-            logger.info("saved model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
+            links.append(self.run_dir / "model_best.pth")
+            logger.info("saving model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
+        self.checkpoint_writer.save(state, self.run_dir / "last.pth", links)
 
     def _resume_checkpoint(self, path: Path) -> None:
         path = Path(path)

@@ -1,4 +1,5 @@
 import contextlib
+import math
 
 import torch
 from tqdm import tqdm
@@ -29,6 +30,8 @@ class Trainer(BaseTrainer):
         self.channels_last = options["channels_last"]
         self.progress_bar = options["progress_bar"] and dist.is_main_process()
         self.record_images = options["tensorboard"]  # the confusion matrix and a grid of inputs
+        self.valid_confusion = None
+        self.best_confusion = (0, None)
         self.samples_per_epoch = len(data_loader.train_indices)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
@@ -43,7 +46,9 @@ class Trainer(BaseTrainer):
         return data
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _train_epoch(self, epoch: int) -> dict:
         """Train one epoch, then validate.
@@ -74,7 +79,7 @@ class Trainer(BaseTrainer):
                 with self._autocast():
                     output = self.model(data)
                     loss = self.criterion(output, target)
-                self.scaler.scale(loss / self.accum_steps).backward()
+                self.scaler.scale(loss / self.accum_steps if self.accum_steps > 1 else loss).backward()
             self.train_metrics.update(loss.detach(), output.detach(), target)
             recent_losses.append(loss.detach())
             if not step_now:
@@ -114,25 +119,24 @@ class Trainer(BaseTrainer):
 
     def _check_losses(self, epoch: int, batch_idx: int, losses: list, bar) -> int:
         """Stop on a non-finite loss; log the recent loss. Returns the stop signal all processes agree on."""
-        losses = torch.stack(losses).float()
-        finite = torch.isfinite(losses)
-        # One small all-reduce makes every process agree on a non-finite loss and on a stop signal.
-        flags = torch.tensor([float(not finite.all()), float(self._stop_signal or 0)], device=self.device)
-        if dist.is_distributed():
+        values = torch.stack(losses).tolist()  # the host sync
+        bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
+        stop_signal = self._stop_signal or 0
+        if dist.is_distributed():  # every process agrees on a non-finite loss and on a stop signal
+            flags = torch.tensor([float(bool(bad)), float(stop_signal)], device=self.device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        if flags[0]:
-            where, value = "on another process", "not finite"
-            if not finite.all():
-                first_bad = int((~finite).nonzero()[0])
-                where = f"batch {batch_idx + 2 - len(losses) + first_bad}"
-                value = f"{losses[first_bad].item()}"
+            stop_signal = int(flags[1])
+            if flags[0] and not bad:
+                raise NonFiniteLossError(f"epoch {epoch}: the loss is not finite on another process")
+        if bad:
             kept = f"last.pth keeps the state after epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
-            raise NonFiniteLossError(f"epoch {epoch}, {where}: the loss is {value}; {kept}. Lower the learning "
-                                     "rate, set trainer.grad_clip_norm, or check the data")
-        mean_loss = losses.mean().item()
+            raise NonFiniteLossError(f"epoch {epoch}, batch {batch_idx + 2 - len(values) + bad[0]}: the loss is "
+                                     f"{values[bad[0]]}; {kept}. Lower the learning rate, set "
+                                     "trainer.grad_clip_norm, or check the data")
+        mean_loss = sum(values) / len(values)
         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         self.recorder.log_step_loss(mean_loss, self.global_step)
-        return int(flags[1])
+        return stop_signal
 
     def _valid_epoch(self, epoch: int) -> dict:
         """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}."""
@@ -154,11 +158,23 @@ class Trainer(BaseTrainer):
                     counts = torch.bincount(target * n + output.argmax(1), minlength=n * n).reshape(n, n)
                     confusion = counts if confusion is None else confusion + counts
         if confusion is not None:
-            dist.all_reduce_sum(confusion)
-            classes = getattr(self.valid_data_loader.dataset, "dataset", None)
-            image = confusion_matrix_image(confusion.cpu().numpy(), getattr(classes, "classes", None))
-            self.recorder.tensorboard.add_image("val/confusion_matrix", image, self.global_step)
+            self.valid_confusion = dist.all_reduce_sum(confusion)
         return self.valid_metrics.result(prefix="val_")
+
+    def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
+        """At the end, draw the validation confusion matrix of the best epoch (and of the last) in TensorBoard."""
+        if self.valid_confusion is None:
+            return
+        if improved:
+            self.best_confusion = (self.global_step, self.valid_confusion)
+        if final:
+            dataset = getattr(self.valid_data_loader.dataset, "dataset", self.valid_data_loader.dataset)
+            classes = getattr(dataset, "classes", None)
+            last = (self.global_step, self.valid_confusion)
+            for tag, (step, matrix) in (("best", self.best_confusion), ("last", last)):
+                if matrix is not None:
+                    self.recorder.tensorboard.add_image(f"val/confusion_matrix_{tag}",
+                                                        confusion_matrix_image(matrix.cpu().numpy(), classes), step)
 
     def _epoch_state(self) -> dict:
         return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict()}

@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ TEMP_SUFFIX = ".tmp"
 logger = logging.getLogger(__name__)
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
+def save_checkpoint(state: dict, path: str | Path, sync_dir: bool = True) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a mix.
@@ -45,10 +46,11 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    if sync_dir:  # make the rename itself durable; a caller renaming several files syncs once at the end
+        fsync_dir(path.parent)
 
 
-def link_checkpoint(source: str | Path, target: str | Path) -> None:
+def link_checkpoint(source: str | Path, target: str | Path, sync_dir: bool = True) -> None:
     """Make ``target`` hold the same bytes as ``source``, atomically, as a hard link where possible.
 
     The link costs no disk space; ``source`` being replaced later does not change ``target``.
@@ -61,16 +63,62 @@ def link_checkpoint(source: str | Path, target: str | Path) -> None:
     except OSError:  # a file system without hard links
         shutil.copyfile(source, temp)
     os.replace(temp, target)
-    _fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     if os.name == "posix":
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, so that training does not wait for the disk.
+
+    ``save`` copies the state to host memory before it returns, so training may change the model
+    right away. Saves happen one at a time, in order; ``wait()`` finishes the pending one and
+    re-raises its error, if any.
+
+    Examples:
+        >>> writer = CheckpointWriter()
+        >>> writer.save(state, run_dir / "last.pth", links=[run_dir / "model_best.pth"])
+        >>> writer.wait()   # before reading the files, and before the program exits
+    """
+
+    def __init__(self):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: Future | None = None
+
+    def save(self, state: dict, path: str | Path, links: list[Path] = ()) -> None:
+        self.wait()
+        self._pending = self._executor.submit(self._write, _host_copy(state), Path(path), list(links))
+
+    @staticmethod
+    def _write(state: dict, path: Path, links: list[Path]) -> None:
+        save_checkpoint(state, path, sync_dir=False)
+        for link in links:
+            link_checkpoint(path, link, sync_dir=False)
+        fsync_dir(path.parent)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+
+def _host_copy(value):
+    """A copy of a nested state in which every tensor is a CPU copy, safe from later training steps."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _host_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(item) for item in value)
+    return value
 
 
 def clean_temp_files(folder: str | Path) -> None:

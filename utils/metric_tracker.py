@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from utils.dist import all_reduce_sum
+from utils.dist import all_reduce_sum, is_distributed
 
 
 class Metric:
@@ -63,24 +63,27 @@ class MeanMetric(Metric):
         super().__init__()
 
     def reset(self) -> None:
-        self.total = self.count = None
+        self.total, self.count = None, 0
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
         self.add(self.fn(output, target), len(target))
 
     def add(self, batch_mean: torch.Tensor, n: int) -> None:
-        weighted = batch_mean.detach().double() * n
-        if self.total is None:
-            self.total, self.count = weighted, torch.full_like(weighted, n)
-        else:
-            self.total += weighted
-            self.count += n
+        """Add the mean of ``n`` samples."""
+        self.add_total(batch_mean.detach() * n, n)
+
+    def add_total(self, total: torch.Tensor, n: int) -> None:
+        """Add the sum over ``n`` samples."""
+        self.total = total.double() if self.total is None else self.total + total  # the count stays on the host
+        self.count += n
 
     def state(self) -> list[torch.Tensor]:
-        return [self.total, self.count] if self.total is not None else []
+        if self.total is None:
+            return []
+        return [self.total, torch.tensor(float(self.count), dtype=torch.float64, device=self.total.device)]
 
     def load_state(self, tensors: list[torch.Tensor]) -> None:
-        self.total, self.count = tensors if tensors else (None, None)
+        self.total, self.count = (tensors[0], int(tensors[1].item())) if tensors else (None, 0)
 
     def compute(self) -> float:
         return (self.total / self.count).item() if self.total is not None else float("nan")
@@ -89,6 +92,10 @@ class MeanMetric(Metric):
 class MetricTracker:
     """The loss and the metrics of one epoch, each exact over all its samples.
 
+    Batches wait in a short queue and are scored together (up to 16 at a time, fewer for large
+    outputs): a few large kernels instead of many small ones per batch. The queue is part of
+    ``state_dict()``, so an epoch resumed in the middle groups its batches exactly as before.
+
     Examples:
         >>> tracker = MetricTracker({"accuracy": accuracy})
         >>> tracker.update(loss, output, target)      # per batch: no host sync
@@ -96,33 +103,55 @@ class MetricTracker:
         {'val_loss': 0.12, 'val_accuracy': 0.97}
     """
 
+    queue_elements = 1 << 20  # at most this many output values wait in the queue
+
     def __init__(self, metrics: dict[str, Metric | Callable]):
         self.loss = MeanMetric(fn=None)
         self.metrics = {name: m if isinstance(m, Metric) else MeanMetric(m) for name, m in metrics.items()}
+        self.queue = []
 
     def reset(self) -> None:
-        self.loss.reset()
-        for metric in self.metrics.values():
+        self.queue = []
+        for metric in self._all().values():
             metric.reset()
 
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
-        self.loss.add(loss, len(target))
+        self.queue.append((loss.detach(), output.detach(), target))
+        if len(self.queue) >= min(16, max(1, self.queue_elements // max(1, output.numel()))):
+            self.flush()
+
+    def flush(self) -> None:
+        """Score the queued batches."""
+        if not self.queue:
+            return
+        losses, outputs, targets = zip(*self.queue)
+        self.queue = []
+        counts = [len(t) for t in targets]
+        if all(n == counts[0] for n in counts):
+            loss_total = torch.stack(losses).double().sum() * counts[0]
+        else:  # an uneven last batch: weight each loss by its own batch size
+            loss_total = sum(loss.double() * n for loss, n in zip(losses, counts))
+        self.loss.add_total(loss_total, sum(counts))
+        output, target = (outputs[0], targets[0]) if len(outputs) == 1 else (torch.cat(outputs), torch.cat(targets))
         for metric in self.metrics.values():
             metric.update(output, target)
 
     def _all(self) -> dict[str, Metric]:
         return {"loss": self.loss, **self.metrics}
 
-    def state_dict(self) -> dict[str, list[torch.Tensor]]:
-        return {name: [t.cpu() for t in metric.state()] for name, metric in self._all().items()}
+    def state_dict(self) -> dict:
+        return {"metrics": {name: [t.cpu() for t in metric.state()] for name, metric in self._all().items()},
+                "queue": [tuple(t.cpu() for t in batch) for batch in self.queue]}
 
-    def load_state_dict(self, state: dict[str, list[torch.Tensor]], device: torch.device) -> None:
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
         for name, metric in self._all().items():
-            metric.load_state([t.to(device) for t in state.get(name, [])])
+            metric.load_state([t.to(device) for t in state["metrics"].get(name, [])])
+        self.queue = [tuple(t.to(device) for t in batch) for batch in state["queue"]]
 
     def result(self, prefix: str = "") -> dict[str, float]:
-        """Every value of the epoch, summed over all processes first; one host sync."""
-        for metric in self._all().values():
-            for tensor in metric.state():
-                all_reduce_sum(tensor)
+        """Every value of the epoch, summed over all processes first."""
+        self.flush()
+        if is_distributed():
+            for metric in self._all().values():
+                metric.load_state([all_reduce_sum(tensor) for tensor in metric.state()])
         return {prefix + name: metric.compute() for name, metric in self._all().items()}

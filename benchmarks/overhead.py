@@ -1,0 +1,164 @@
+"""The template's cost over a hand-written PyTorch loop, with the template's defaults on.
+
+    python benchmarks/overhead.py                  # about 3 minutes on 2 CPU cores
+    python benchmarks/overhead.py --rounds 1 --short 1 --long 2     # a smoke run
+
+Both paths train the model and data of config.json with the same initial weights, optimizer,
+learning-rate schedule and batch order, and validate every epoch. The template runs with its
+defaults on: progress bar, metric tracking, metrics.csv, TensorBoard and a checkpoint every epoch.
+
+Epoch time is the marginal cost of an epoch: (time of a long run - time of a short run) divided by
+the extra epochs, so start-up and the warm-up epoch cancel out. The paths alternate within each
+round, and the median over rounds is reported. The same comparison with a single linear layer,
+whose compute is nearly free, gives the template's fixed cost per batch.
+"""
+import argparse
+import contextlib
+import copy
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+
+import model.model as module_arch  # noqa: E402
+from config_parser import ConfigParser  # noqa: E402
+from dataset.datasets import DigitsDataset  # noqa: E402
+from logger.logger import setup_logging  # noqa: E402
+from train import build_trainer  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
+
+LINEAR = {"type": "MLP", "args": {"in_features": 64, "num_classes": 10, "hidden": []}}
+
+
+def template_run(base: dict, epochs: int, save_dir: str) -> tuple[float, float]:
+    """Seconds for ``epochs`` epochs of the template's Trainer, and the last epoch's training loss."""
+    config = copy.deepcopy(base)
+    config["trainer"] |= {"epochs": epochs, "save_dir": save_dir, "early_stop": 0}
+    parser = ConfigParser(config)
+    seed_everything(config["seed"])
+    trainer = build_trainer(parser)
+    parser.start_run()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        started = time.perf_counter()
+        log = trainer.train()
+        seconds = time.perf_counter() - started
+    return seconds, log["loss"]
+
+
+def plain_run(base: dict, epochs: int) -> tuple[float, float]:
+    """The same training as a hand-written loop: seconds, and the last epoch's training loss."""
+    from sklearn.model_selection import train_test_split
+
+    seed = base["seed"]
+    seed_everything(seed)
+    loader_args = base["data_loader"]["args"]
+    dataset = DigitsDataset(**base["dataset"]["args"])
+    n_valid = round(len(dataset) * loader_args["validation_split"])
+    train_idx, valid_idx = train_test_split(np.arange(len(dataset)), test_size=n_valid,
+                                            stratify=np.asarray(dataset.targets), random_state=0)
+    train_idx, valid_idx = np.sort(train_idx), np.sort(valid_idx)
+    model = getattr(module_arch, base["arch"]["type"])(**base["arch"]["args"])
+    optimizer = getattr(torch.optim, base["optimizer"]["type"])(model.parameters(), **base["optimizer"]["args"])
+    scheduler = None
+    if base.get("lr_scheduler"):
+        spec = base["lr_scheduler"]
+        scheduler = getattr(torch.optim.lr_scheduler, spec["type"])(optimizer, **spec["args"])
+    batch_size = loader_args["batch_size"]
+    valid_loader = DataLoader(Subset(dataset, valid_idx), batch_size=batch_size)
+
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        # The shuffle order of DistributedSampler(seed) at this epoch: randperm seeded with seed + epoch.
+        order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(seed + epoch)).numpy()
+        model.train()
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        for data, target in DataLoader(Subset(dataset, train_idx[order]), batch_size=batch_size):
+            loss = F.cross_entropy(model(data), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach().double() * len(target)
+            count += len(target)
+        model.eval()
+        correct = 0
+        with torch.inference_mode():
+            for data, target in valid_loader:
+                correct += (model(data).argmax(1) == target).sum()
+        if scheduler is not None:
+            scheduler.step()
+        last_loss = (total / count).item()
+    return time.perf_counter() - started, last_loss
+
+
+def compare(name: str, base: dict, rounds: int, short: int, long: int, save_dir: str) -> dict:
+    """Median marginal seconds per epoch of each path over interleaved rounds."""
+    template_epochs, plain_epochs, losses = [], [], None
+    for _ in range(rounds):
+        t_short, _ = template_run(base, short, save_dir)
+        p_short, _ = plain_run(base, short)
+        t_long, t_loss = template_run(base, long, save_dir)
+        p_long, p_loss = plain_run(base, long)
+        template_epochs.append((t_long - t_short) / (long - short))
+        plain_epochs.append((p_long - p_short) / (long - short))
+        losses = (t_loss, p_loss)
+    template, plain = statistics.median(template_epochs), statistics.median(plain_epochs)
+    return {"name": name, "template": template, "plain": plain, "ratio": template / plain,
+            "template_loss": losses[0], "plain_loss": losses[1]}
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--short", type=int, default=2, help="epochs of the short run")
+    parser.add_argument("--long", type=int, default=8, help="epochs of the long run")
+    parser.add_argument("--config", default=str(REPO / "config.json"))
+    args = parser.parse_args()
+    setup_logging(None, verbosity=0)
+    torch.set_num_threads(torch.get_num_threads())
+    base = json.loads(Path(args.config).read_text())
+    base["trainer"]["progress_bar"] = True  # the defaults, stated: they are what is measured
+    base["trainer"]["tensorboard"] = True
+    base["trainer"]["save_period"] = 1
+    linear = copy.deepcopy(base) | {"arch": LINEAR}
+    batches = -(-round(1437 * (1 - base["data_loader"]["args"]["validation_split"])) // base["data_loader"]["args"][
+        "batch_size"])
+
+    with tempfile.TemporaryDirectory() as save_dir:
+        template_run(base, 1, save_dir)  # warm up imports, allocator and caches
+        plain_run(base, 1)
+        results = [compare("config.json model", base, args.rounds, args.short, args.long, save_dir),
+                   compare("single linear layer", linear, args.rounds, args.short, args.long, save_dir)]
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds, "
+          f"epochs {args.short} vs {args.long}, {batches} training batches per epoch")
+    print(f"{'model':<22}{'template s/epoch':>18}{'hand-written s/epoch':>22}{'ratio':>8}")
+    for r in results:
+        print(f"{r['name']:<22}{r['template']:>18.4f}{r['plain']:>22.4f}{r['ratio']:>8.3f}")
+    model, linear_result = results
+    fixed_ms = (linear_result["template"] - linear_result["plain"]) / batches * 1000
+    ratio = model["ratio"]
+    print(f"overhead ratio (config.json model): {ratio:.3f}  target <= 1.05: {verdict(ratio <= 1.05)}")
+    print(f"fixed cost per batch (linear layer): {fixed_ms:.3f} ms  target <= 0.3 ms: {verdict(fixed_ms <= 0.3)}")
+    for r in results:
+        same = abs(r["template_loss"] - r["plain_loss"]) <= 1e-6 * max(1.0, abs(r["plain_loss"]))
+        print(f"final training loss, {r['name']}: template {r['template_loss']:.10f}, hand-written "
+              f"{r['plain_loss']:.10f}: {'match' if same else 'DIFFER'}")
+
+
+if __name__ == "__main__":
+    main()
