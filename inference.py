@@ -9,6 +9,7 @@ config's test data: the "inference" section's dataset if there is one, else the 
 with ``train: false``. ``--split valid`` scores the run's validation split instead.
 """
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value")
     args = parser.parse_intermixed_args(argv)
+    if args.device:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
 
     paths = checkpoint_paths(args.resume)
     raw_config = read_json(args.config) if args.config else load_checkpoint(paths[0])["config"]

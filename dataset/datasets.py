@@ -10,7 +10,7 @@ import torch
 from base.base_dataset import BaseDataset
 from dataset.image_dataset import ImageDataset
 
-__all__ = ["DigitsDataset", "IrisDataset", "ImageDataset"]
+__all__ = ["DigitsDataset", "IrisDataset", "ImageDataset", "SyntheticDataset"]
 
 
 def _fixed_split(targets: np.ndarray, test_size: float, split_seed: int, train: bool) -> np.ndarray:
@@ -81,3 +81,29 @@ class IrisDataset(BaseDataset):
 
     def load(self, index: int):
         return self.features[index], self.targets[index]
+
+
+class SyntheticDataset(BaseDataset):
+    """Random samples with random labels, for benchmarks and smoke tests: nothing to read or download.
+
+    Args:
+        num_samples: the dataset's length.
+        shape: the shape of a sample, e.g. [3, 224, 224].
+        num_classes: labels are drawn from [0, num_classes).
+        pool: how many distinct samples are kept in memory; the others repeat them.
+        seed: the seed of the samples and labels.
+    """
+
+    def __init__(self, num_samples: int = 1024, shape: list[int] = (3, 32, 32), num_classes: int = 10,
+                 pool: int = 64, seed: int = 0, train_transform=None, eval_transform=None):
+        super().__init__(train_transform, eval_transform)
+        generator = torch.Generator().manual_seed(seed)
+        self.pool = torch.rand((min(pool, num_samples), *shape), generator=generator)
+        self.targets = torch.randint(0, num_classes, (num_samples,), generator=generator).tolist()
+        self.classes = [str(c) for c in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int):
+        return self.pool[index % len(self.pool)], self.targets[index]
