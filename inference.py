@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
         modification["+data_loader.args.batch_size"] = args.bs
     config = ConfigParser(raw_config, modification=modification)
     output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
-    setup_logging(output.parent, config["trainer"]["verbosity"])
+    # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
+    run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
+    setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
 
     device, _ = prepare_device(config["n_gpu"])
     loader = test_loader(config, config["inference"]["split"])

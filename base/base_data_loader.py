@@ -1,3 +1,5 @@
+import atexit
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -6,6 +8,21 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from utils.dist import get_rank, get_world_size
 from utils.seeding import sample_seeds, worker_init_fn
+
+_loaders_with_workers = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """Stop the worker processes of every loader before the program exits.
+
+    Workers ignore SIGTERM (see utils.seeding.worker_init_fn), so multiprocessing's own exit
+    handler, which runs after this one, could not stop them.
+    """
+    for loader in list(_loaders_with_workers):
+        iterator = getattr(loader, "_iterator", None)  # persistent workers live in the loader's iterator
+        if iterator is not None:
+            iterator._shutdown_workers()
 
 
 class EpochSampler(DistributedSampler):
@@ -89,6 +106,8 @@ class BaseDataLoader(DataLoader):
         generator = torch.Generator().manual_seed(seed)
         super().__init__(dataset, sampler=self.epoch_sampler, drop_last=drop_last, generator=generator,
                          **self.loader_kwargs)
+        if num_workers > 0:
+            _loaders_with_workers.add(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of ``epoch``; call it before iterating over the epoch."""
@@ -106,7 +125,10 @@ class BaseDataLoader(DataLoader):
         # Each process validates its own share, without the padding a DistributedSampler adds,
         # so that no sample is counted twice.
         shard = self.valid_indices[get_rank() :: get_world_size()]
-        return DataLoader(Subset(self.dataset.evaluation(), shard), shuffle=False, **self.loader_kwargs)
+        loader = DataLoader(Subset(self.dataset.evaluation(), shard), shuffle=False, **self.loader_kwargs)
+        if self.num_workers > 0:
+            _loaders_with_workers.add(loader)
+        return loader
 
 
 def split_indices(dataset, validation_split, stratify: bool, split_seed: int) -> tuple[np.ndarray, np.ndarray]:

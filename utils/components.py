@@ -133,13 +133,15 @@ def is_transform_list(key: str, value) -> bool:
 
 
 def build_transform(steps: list, where: str):
-    """A ``v2.Compose`` of torchvision.transforms.v2 steps given as {type, args}.
+    """A ``v2.Compose`` of torchvision.transforms.v2 steps given as {type, args} (None for no steps).
 
     A step's argument that is itself a list of steps (RandomApply, RandomChoice) is built as well.
 
     Examples:
         >>> build_transform([{"type": "RandomHorizontalFlip", "args": {"p": 0.5}}], "dataset")
     """
+    if not steps:
+        return None  # an empty pipeline: the samples are used as they are
     return section_module("transforms").Compose([_build_step(step, f"{where}.{i}") for i, step in enumerate(steps)])
 
 
