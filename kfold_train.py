@@ -98,7 +98,7 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
     criterion = config.init_ftn("loss", section_module("loss"))
     log_probs, targets = probs.clamp_min(1e-12).log(), torch.tensor(oof["target"].to_numpy())
     tracker.update(criterion(log_probs, targets), log_probs, targets)
-    oof_metrics = {f"oof_{key}": value for key, value in tracker.result().items()}
+    oof_metrics = {f"oof_{key}": value for key, value in tracker.result(sync=False).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
     logger.info("out-of-fold, over all %d training samples: %s", len(oof),
                 "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))

@@ -148,10 +148,11 @@ class MetricTracker:
             metric.load_state([t.to(device) for t in state["metrics"].get(name, [])])
         self.queue = [tuple(t.to(device) for t in batch) for batch in state["queue"]]
 
-    def result(self, prefix: str = "") -> dict[str, float]:
-        """Every value of the epoch, summed over all processes first."""
+    def result(self, prefix: str = "", sync: bool = True) -> dict[str, float]:
+        """Every value of the epoch. With ``sync`` (under DDP, every process must call it then) the
+        running totals are summed over all processes first."""
         self.flush()
-        if is_distributed():
+        if sync and is_distributed():
             for metric in self._all().values():
                 metric.load_state([all_reduce_sum(tensor) for tensor in metric.state()])
         return {prefix + name: metric.compute() for name, metric in self._all().items()}
