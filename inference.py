@@ -86,7 +86,7 @@ def load_model(config: ConfigParser, path: Path, device: torch.device) -> torch.
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
+def command_line() -> ArgumentParser:
     parser = ArgumentParser(description="Predict with a trained model or an ensemble of them.")
     parser.add_argument("-r", "--resume", action="append", required=True, metavar="CKPT",
                         help="a checkpoint, a run directory or a k-fold run directory; repeat to ensemble")
@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = command_line()
     args = parser.parse_intermixed_args(argv)
     if args.device:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device

@@ -104,11 +104,15 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
                 "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))
 
 
-def main(argv: list[str] | None = None) -> None:
+def command_line():
     parser = training_arguments("k-fold cross-validation: one training run per fold.",
                                 resume_help="continue an interrupted k-fold run directory")
     parser.add_argument("--folds", type=int, help="number of folds (sets kfold.n_splits)")
-    config = ConfigParser.from_args(parser, options=KFOLD_OPTIONS, argv=argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = ConfigParser.from_args(command_line(), options=KFOLD_OPTIONS, argv=argv)
     if config.finetune is not None:
         raise ConfigError("--finetune", "is for train.py; fine-tune each fold with a config instead")
     dist.init_distributed()

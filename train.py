@@ -59,10 +59,13 @@ def dry_run(config: ConfigParser, trainer) -> None:
     print("dry run: the config is valid and every object was built; nothing was written")
 
 
+def command_line():
+    return training_arguments("Train a model from a config.",
+                              resume_help="continue a run: a checkpoint, a run directory, or 'auto'")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = training_arguments("Train a model from a config.",
-                                resume_help="continue a run: a checkpoint, a run directory, or 'auto'")
-    config = ConfigParser.from_args(parser, argv=argv)
+    config = ConfigParser.from_args(command_line(), argv=argv)
     dist.init_distributed()
     setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())  # console until the run starts
     seed_everything(config["seed"])
