@@ -3,7 +3,6 @@
 A section ``{"type": NAME, "args": {...}}`` builds ``NAME(**args)``, where NAME is looked up in the
 section's module (see utils/components.py for the modules and the safety rules).
 """
-import copy
 import json
 import logging
 import os
@@ -17,8 +16,8 @@ from typing import NamedTuple
 from logger.logger import LEVELS, setup_logging
 from utils import components, config_schema
 from utils.cli import ArgumentParser
-from utils.config_schema import did_you_mean
 from utils.errors import CheckpointError, ConfigError
+from utils.overrides import apply_modifications, parse_overrides
 from utils.util import read_json, write_json
 
 
@@ -250,53 +249,6 @@ def _new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
         except FileExistsError:
             continue
     raise RuntimeError(f"cannot create a new run directory in {runs_dir}")
-
-
-def parse_overrides(items: Sequence[str]) -> dict:
-    """``["trainer.epochs=3", "+optimizer.args.weight_decay=1e-4"]`` -> {path: value}.
-
-    A VALUE is read as JSON (numbers, true/false, null, lists, objects), else kept as a string.
-    """
-    modification = {}
-    for item in items:
-        path, equals, text = item.partition("=")
-        if not equals or not path.lstrip("+"):
-            raise ConfigError("command line", f"{item!r} is not an option or a KEY.PATH=VALUE override")
-        try:
-            modification[path] = json.loads(text)
-        except json.JSONDecodeError:
-            modification[path] = text
-    return modification
-
-
-def apply_modifications(config: dict, modification: dict) -> None:
-    """Set each ``path: value`` in place. A path that does not exist is an error unless it starts
-    with "+", which adds it (with any missing parent objects)."""
-    for raw_path, value in modification.items():
-        add = raw_path.startswith("+")
-        keys = raw_path.lstrip("+").split(".")
-        node = config
-        for depth, key in enumerate(keys):
-            here = ".".join(keys[: depth + 1])
-            last = depth == len(keys) - 1
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise ConfigError(here, f"no such list index (the list has {len(node)} entries)")
-                key = int(key)
-            elif not isinstance(node, dict):
-                raise ConfigError(here, f"cannot set a key inside {node!r}")
-            elif key not in node:
-                if not add:
-                    raise ConfigError(here, f"no such key in the config{did_you_mean(key, node)}; "
-                                            f"to add it, write +{raw_path}=...")
-                if not last:
-                    node[key] = {}
-            if last:
-                node[key] = copy.deepcopy(value)
-            else:
-                if node[key] is None and add:
-                    node[key] = {}
-                node = node[key]
 
 
 def resolve_resume(target: str, config_path: str | None) -> tuple[Path, Path, dict]:
