@@ -262,9 +262,12 @@ def resolve_resume(target: str, config_path: str | None) -> tuple[Path, Path, di
             raise ConfigError("-r auto", "needs -c config.json to know which runs to look at")
         config = read_json(config_path)
         runs_dir = Path(config.get("trainer", {}).get("save_dir", "saved/")) / str(config.get("name"))
-        runs = [p for p in runs_dir.glob("*") if p.is_dir()] if runs_dir.is_dir() else []
+        from utils.checkpoint import resume_candidates
+
+        # A run can be resumed when it holds a checkpoint, or folds (a k-fold run).
+        runs = [p for p in runs_dir.glob("*") if p.is_dir() and (resume_candidates(p) or any(p.glob("fold_*")))]
         if not runs:
-            raise CheckpointError(str(runs_dir), "no run to resume with -r auto")
+            raise CheckpointError(str(runs_dir), "no run with a checkpoint to resume with -r auto")
         path = max(runs, key=lambda p: p.stat().st_mtime)
         logging.getLogger(__name__).info("resuming the newest run: %s", path)
         return path, path, config

@@ -8,7 +8,6 @@ import os
 import pickle
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,6 @@ import torch
 
 from model.model import ResNet
 from tests.conftest import REPO, TINY_CONFIG, make_config, run_dirs, run_script
-from utils import checkpoint as checkpoint_module
 from utils.checkpoint import (
     clean_temp_files,
     link_checkpoint,
@@ -333,32 +331,27 @@ def test_load_checkpoint_names_a_missing_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def damaged_cli(runs, tmp_path_factory):
-    """``train.py -r FILE`` on each damaged file, the file in a run directory beside its config.json."""
+    """``train.py -r FILE`` on each damaged file (a lone file), and on one beside its run's config.json."""
     data = (runs.run / "last.pth").read_bytes()
     paths = {}
     for damage in CLI_DAMAGE:
-        folder = tmp_path_factory.mktemp("damaged")
-        shutil.copy(runs.run / "config.json", folder / "config.json")
-        paths[damage] = folder / "last.pth"
+        paths[damage] = tmp_path_factory.mktemp("damaged") / "model.pth"
         paths[damage].write_bytes(DAMAGE[damage](data))
-    results = in_parallel({damage: (lambda path=path: train("-r", str(path), check=False))
-                           for damage, path in paths.items()})
-    return {damage: (paths[damage], results[damage]) for damage in CLI_DAMAGE}
+    in_run = tmp_path_factory.mktemp("damaged_run")
+    shutil.copy(runs.run / "config.json", in_run / "config.json")
+    paths["in a run directory"] = in_run / "last.pth"
+    paths["in a run directory"].write_bytes(DAMAGE["cut in half"](data))
+    results = in_parallel({key: (lambda path=path: train("-r", str(path), check=False)) for key, path in paths.items()})
+    return {key: (paths[key], results[key]) for key in paths}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", CLI_DAMAGE)
+@pytest.mark.parametrize("damage", [*CLI_DAMAGE, "in a run directory"])
 def test_resume_from_a_damaged_file_is_one_error_line(damaged_cli, damage):
     path, result = damaged_cli[damage]
     assert_one_error_line(result, str(path))
-    assert not (path.parent / "metrics.csv").exists()
-
-
-@pytest.mark.slow
-def test_resume_from_a_damaged_file_outside_a_run_directory(runs, tmp_path):
-    path = tmp_path / "copy.pth"
-    path.write_bytes(DAMAGE["cut in half"]((runs.run / "last.pth").read_bytes()))
-    assert_one_error_line(train("-r", str(path), check=False), str(path))
+    written = {p.name for p in path.parent.iterdir()} - {path.name, "config.json"}
+    assert not written, f"the failed resume wrote {written}"
 
 
 FALLBACK = {
@@ -414,7 +407,8 @@ def test_resume_run_dir_uses_the_newest_checkpoint_that_verifies(runs, fallback_
             f"no warning names {name}:\n{result.stdout}"
     assert "Traceback" not in result.stderr
     # The run ends exactly where the uninterrupted 3-epoch run ends, each epoch recorded once.
-    assert_same_tensors(load_plain(runs.reference / "last.pth")["state_dict"], load_plain(run / "last.pth")["state_dict"])
+    expected = load_plain(runs.reference / "last.pth")["state_dict"]
+    assert_same_tensors(expected, load_plain(run / "last.pth")["state_dict"])
     assert metrics_rows(run) == metrics_rows(runs.reference)
     assert load_checkpoint(run / "last.pth")["epoch"] == 3
 
