@@ -69,7 +69,8 @@ def test_loader(config: ConfigParser, split: str):
     return config.init_data_loader(loader_section, module_data, dataset=dataset, validation_split=0, shuffle=False)
 
 
-def load_model(config: ConfigParser, path: Path, device: torch.device) -> torch.nn.Module:
+def load_model(config: ConfigParser, path: Path, device: torch.device) -> tuple[torch.nn.Module, list | None]:
+    """The model of a checkpoint, and the class names of the data it was trained on."""
     checkpoint = load_checkpoint(path, map_location=device)
     if checkpoint["arch"] != config["arch"]["type"]:
         raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch is "
@@ -83,7 +84,7 @@ def load_model(config: ConfigParser, path: Path, device: torch.device) -> torch.
     model = model.to(device)
     if config["trainer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, checkpoint.get("classes")
 
 
 def command_line() -> ArgumentParser:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
     dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
-    models = [load_model(config, path, device) for path in paths]
+    models, trained_classes = zip(*(load_model(config, path, device) for path in paths))
     logger.info("predicting %d samples (%s data) with %d checkpoint(s): %s", len(loader.dataset),
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
 
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
-    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, dataset.classes)
+    classes = dataset.classes or trained_classes[0]  # unlabelled data: the names the model learned
+    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
     logger.info("wrote %s", output)
     if bool((targets >= 0).all()):
         criterion = config.init_ftn("loss", module_loss)

@@ -20,7 +20,7 @@ from train import build_trainer, dry_run
 from trainer.predict import predict, write_predictions
 from utils import dist
 from utils.checkpoint import load_checkpoint, resume_candidates
-from utils.cli import run_cli
+from utils.cli import interrupt_on_signals, run_cli
 from utils.components import section_module
 from utils.errors import ConfigError
 from utils.metric_tracker import MetricTracker
@@ -49,10 +49,13 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     fold_dir = config.run_dir / f"fold_{fold}"
     fold_seed = config["seed"] + fold
     resumable = fold_dir.is_dir() and bool(resume_candidates(fold_dir))
+    # The fold's config names its held-out samples, so that resuming the fold, or scoring its
+    # checkpoint with `inference.py --split valid`, uses exactly them.
     fold_config = ConfigParser(config.config | {"seed": fold_seed}, run_dir=fold_dir,
-                               resume=fold_dir if resumable else None)
+                               resume=fold_dir if resumable else None,
+                               modification={"+data_loader.args.validation_split": held_out.tolist()})
     seed_everything(fold_seed)  # every fold starts from its own seed: nothing carries over
-    trainer = build_trainer(fold_config, dataset=train_dataset, validation_split=held_out)
+    trainer = build_trainer(fold_config, dataset=train_dataset)
     trainer.resume_command = f"python kfold_train.py -r {config.run_dir}"
     trainer.wandb_group, trainer.wandb_name = f"{config['name']}/{config.run_dir.name}", f"fold_{fold}"
     fold_config.start_run()
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     config.start_run()
     rows = []
+    # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
+    # an unfinished fold resumes from its checkpoint.
+    restore_signals = interrupt_on_signals(f"python kfold_train.py -r {config.run_dir}")
     for fold, (_, held_out) in enumerate(folds):
         result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
         if result_file.is_file():
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
     if dist.is_main_process():
         summarize(config, rows, train_dataset)
+    restore_signals()
     dist.close_distributed()
 
 

@@ -60,6 +60,7 @@ class BaseTrainer:
         self.resume_state: dict = {}
         self._rng_to_restore = None
         self.samples_per_epoch = None  # for the samples/second figure; the Trainer sets it
+        self.classes = None  # the class names of the training data, kept in checkpoints for inference
         self.wandb_id = self.wandb_group = self.wandb_name = None
         self._stop_signal = None
         self.run_dir: Path | None = None
@@ -197,6 +198,7 @@ class BaseTrainer:
             "config": self.config.config,
             "wandb_id": self.wandb_id,
             "metrics": log,
+            "classes": list(self.classes) if self.classes is not None else None,
             "epoch_state": self._epoch_state() if batches_done else {},
         }
 

@@ -63,7 +63,9 @@ def make_config(tmp_path: Path, base: dict = TINY_CONFIG, **changes) -> Path:
 def run_script(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None,
                check: bool = False) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repository root, the way a user does; returns the result."""
-    full_env = {**os.environ, "PYTHONHASHSEED": "0", "WANDB_MODE": "offline", **(env or {})}
+    # One thread per process: the tiny test models run faster so, above all on a busy machine.
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+                **(env or {})}
     result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, env=full_env)
     if check and result.returncode != 0:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from dataset.datasets import DigitsDataset
 from kfold_train import make_folds
-from tests.conftest import make_config, run_dirs, run_script
+from tests.conftest import IRIS_CONFIG, make_config, run_dirs, run_script
 from trainer.predict import predict
 
 # One thread per process: on a shared 2-core machine, torch's default thread pool spins against the
@@ -127,8 +127,8 @@ def test_test_data_loss_and_metrics_are_printed(predicted_test_data):
     assert str(path) in result.stdout
 
 
-def valid_metrics(checkpoint, output, *args: str) -> dict[str, float]:
-    """The metrics `inference.py --split valid` prints, and the row of metrics.csv at the checkpoint's epoch."""
+def valid_metrics(checkpoint, output, *args: str) -> tuple[dict[str, float], dict[str, float]]:
+    """The metrics `inference.py --split valid` prints, and those of metrics.csv at the checkpoint's epoch."""
     result = infer("--resume", str(checkpoint), "--split", "valid", "--output", str(output), *args)
     epoch = torch.load(checkpoint, weights_only=True)["epoch"]
     row = pd.read_csv(checkpoint.parent / "metrics.csv").set_index("epoch").loc[epoch]
@@ -182,15 +182,6 @@ def test_unlabelled_image_folder_gives_a_row_per_file(image_run, unlabelled_pred
     assert not any(line.startswith("loss ") for line in result.stdout.splitlines())  # no labels, no score
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unlabelled folder has no class names, so predictions.csv has no "
-                                       "prediction_name column, although the README's submission recipe reads it; "
-                                       "the class names of the training data are not carried to inference")
-def test_unlabelled_image_folder_predictions_have_the_training_class_names(unlabelled_predictions):
-    predictions, _ = unlabelled_predictions
-    assert "prediction_name" in predictions.columns
-    assert list(predictions["prediction_name"]) == [["cat", "dog"][p] for p in predictions["prediction"]]
-
-
 def test_image_folder_with_another_class_count_is_an_error(image_run):
     tmp_path, run = image_run
     for name, brightness in (("cat", 0), ("dog", 150), ("bird", 70)):
@@ -235,8 +226,9 @@ def test_tta_averages_the_plain_and_the_flipped_test_data(digits_run, predicted_
     checkpoint = torch.load(digits_run / "model_best.pth", weights_only=True)
     model = getattr(module_arch, checkpoint["arch"])(**checkpoint["config"]["arch"]["args"])
     model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
     with torch.no_grad():
-        flipped = model.eval()(DigitsDataset(train=False).images.flip(-1)).softmax(dim=1).numpy()
+        flipped = model(DigitsDataset(train=False).images.flip(-1)).softmax(dim=1).numpy()
     plain = pd.read_csv(predicted_test_data[0])[DIGIT_PROBS].to_numpy()
     result = infer("--resume", str(digits_run / "model_best.pth"), f"+inference.tta={json.dumps(FLIP)}",
                    "--output", str(tmp_path / "tta.csv"))
@@ -280,8 +272,6 @@ def test_predict_averages_probabilities_over_models_and_views():
 
 
 def test_config_with_another_arch_than_the_checkpoint_is_an_error(digits_run, tmp_path):
-    from tests.conftest import IRIS_CONFIG
-
     checkpoint = digits_run / "model_best.pth"
     iris_config = make_config(tmp_path, IRIS_CONFIG)
     line = assert_one_error(infer("--resume", str(checkpoint), "-c", str(iris_config), check=False),
@@ -324,12 +314,9 @@ def test_damaged_checkpoint_is_an_error_that_names_it(digits_run, tmp_path, posi
     assert not (tmp_path / "p.csv").exists()
 
 
-# -- known bugs ---------------------------------------------------------------------------------------
+# -- k-fold checkpoints and class names ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --split valid on a k-fold fold's checkpoint scores a random "
-                                       "validation_split of the training data (partly the fold's own training "
-                                       "samples), not the fold's held-out part, so it does not equal metrics.csv")
 def test_valid_split_of_a_kfold_fold_is_its_held_out_part(kfold_run, tmp_path):
     fold_dir = kfold_run / "fold_1"
     epoch = torch.load(fold_dir / "model_best.pth", weights_only=True)["epoch"]
@@ -343,3 +330,8 @@ def test_valid_split_of_a_kfold_fold_is_its_held_out_part(kfold_run, tmp_path):
     assert printed["loss"] == pytest.approx(row["val_loss"], abs=1e-6)
     assert printed["accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-6)
 
+
+def test_unlabelled_image_folder_predictions_have_the_training_class_names(unlabelled_predictions):
+    predictions, _ = unlabelled_predictions
+    assert "prediction_name" in predictions.columns
+    assert list(predictions["prediction_name"]) == [["cat", "dog"][p] for p in predictions["prediction"]]

@@ -281,7 +281,7 @@ def test_sigterm_during_a_fold_then_resume_equals_an_uninterrupted_run(kfold_run
 # -- the command line ---------------------------------------------------------------------------------
 
 
-def test_dry_run_applies_options_and_overrides_and_writes_nothing(tmp_path):
+def test_dry_run_applies_options_and_overrides_and_writes_nothing(tmp_path, digits_targets):
     config = make_config(tmp_path)
     before = sorted(tmp_path.rglob("*"))
     result = run_script("kfold_train.py", "-c", str(config), "--folds", "4", "--bs", "32", "--dry-run",
@@ -293,10 +293,10 @@ def test_dry_run_applies_options_and_overrides_and_writes_nothing(tmp_path):
     assert printed["trainer"]["epochs"] == 1
     assert printed["kfold"]["n_splits"] == 4
     assert printed["data_loader"]["args"]["batch_size"] == 32
-    # The dry run builds fold 0 of 4: a quarter of the 1,437 training samples is held out.
-    held_out = 1437 // 4
-    assert (f"train batches per epoch: {math.ceil((1437 - held_out) / 32)}, "
-            f"validation batches: {math.ceil(held_out / 32)}") in result.stdout
+    # The dry run builds fold 0 of the 4 folds, with batches of 32.
+    train_part, held_out = make_folds(digits_targets, len(digits_targets), 4, True, True, seed=1)[0]
+    assert (f"train batches per epoch: {math.ceil(len(train_part) / 32)}, "
+            f"validation batches: {math.ceil(len(held_out) / 32)}") in result.stdout
     assert "nothing was written" in result.stdout
 
 

@@ -33,6 +33,7 @@ class Trainer(BaseTrainer):
         self.valid_confusion = None
         self.best_confusion = (0, None)
         self.samples_per_epoch = len(data_loader.train_indices)
+        self.classes = getattr(data_loader.dataset, "classes", None)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
         if self.monitor_key and self.monitor_key.startswith("val_") and valid_data_loader is None:

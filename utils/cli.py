@@ -1,6 +1,7 @@
 """The entry point shared by the scripts: one clear line per user error, the right exit code."""
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -52,3 +53,18 @@ def run_cli(main: Callable[[], None]) -> None:
     except TrainingInterrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
+
+
+def interrupt_on_signals(resume_command: str) -> Callable[[], None]:
+    """Make Ctrl-C and SIGTERM raise TrainingInterrupted (exit 130 / 143, the resume command printed)
+    instead of killing the process without a word. Returns the function that undoes it.
+
+    A Trainer installs its own handlers while it trains (to finish the batch and save a checkpoint)
+    and puts these back afterwards.
+    """
+
+    def stop(signum, frame):
+        raise TrainingInterrupted(signum, resume_command)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
