@@ -125,7 +125,8 @@ class BaseDataLoader(DataLoader):
         # Each process validates its own share, without the padding a DistributedSampler adds,
         # so that no sample is counted twice.
         shard = self.valid_indices[get_rank() :: get_world_size()]
-        loader = DataLoader(Subset(self.dataset.evaluation(), shard), shuffle=False, **self.loader_kwargs)
+        loader = DataLoader(Subset(self.dataset.evaluation(), shard), shuffle=False, **self.loader_kwargs,
+                            generator=torch.Generator().manual_seed(self.sampler_kwargs["seed"]))
         if self.num_workers > 0:
             _loaders_with_workers.add(loader)
         return loader

@@ -198,7 +198,7 @@ class BaseTrainer:
             "config": self.config.config,
             "wandb_id": self.wandb_id,
             "metrics": log,
-            "classes": list(self.classes) if self.classes is not None else None,
+            "classes": [str(name) for name in self.classes] if self.classes is not None else None,
             "epoch_state": self._epoch_state() if batches_done else {},
         }
 

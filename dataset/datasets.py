@@ -73,7 +73,7 @@ class IrisDataset(BaseDataset):
         mean, std = iris.data[train_part].mean(axis=0), iris.data[train_part].std(axis=0)
         self.features = torch.tensor((iris.data[part] - mean) / std, dtype=torch.float32)
         self.targets = iris.target[part].tolist()
-        self.classes = list(iris.target_names)
+        self.classes = [str(name) for name in iris.target_names]
         self.augment = train
 
     def __len__(self) -> int:
