@@ -77,7 +77,7 @@ def load_model(config: ConfigParser, path: Path, device: torch.device) -> tuple[
                                          f"{config['arch']['type']}")
     model = config.init_obj("arch", module_arch)
     try:
-        model.load_state_dict(strip_module_prefix(checkpoint["state_dict"]))
+        model.load_state_dict(strip_module_prefix(checkpoint["state_dict"], model.state_dict()))
     except RuntimeError as error:
         detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
         raise CheckpointError(str(path), f"does not fit the config's arch: {detail}") from None

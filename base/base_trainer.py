@@ -187,7 +187,7 @@ class BaseTrainer:
             "epoch": epoch,
             "batches_done": batches_done,
             "global_step": self.global_step,
-            "state_dict": strip_module_prefix(self.raw_model.state_dict()),
+            "state_dict": self.raw_model.state_dict(),  # the plain model: no wrapper prefixes
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
@@ -257,8 +257,9 @@ class BaseTrainer:
         checkpoint = load_checkpoint(path, map_location=self.device)
         self._check_arch(checkpoint, path)
         own = self.raw_model.state_dict()
-        weights = {k: v for k, v in checkpoint["state_dict"].items() if k in own and v.shape == own[k].shape}
-        skipped = sorted(set(checkpoint["state_dict"]) - set(weights))
+        source = strip_module_prefix(checkpoint["state_dict"], own)
+        weights = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
+        skipped = sorted(set(source) - set(weights))
         if skipped:
             logger.warning("fine-tuning: %d tensors do not fit the model and keep their fresh values: %s",
                            len(skipped), ", ".join(skipped[:10]))
@@ -272,7 +273,7 @@ class BaseTrainer:
 
     def _load_state_dict(self, state_dict: dict, path: Path) -> None:
         try:
-            self.raw_model.load_state_dict(strip_module_prefix(state_dict))
+            self.raw_model.load_state_dict(strip_module_prefix(state_dict, self.raw_model.state_dict()))
         except RuntimeError as error:
             detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
             raise CheckpointError(str(path), f"does not fit the model built from the config: {detail}") from None

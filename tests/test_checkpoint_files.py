@@ -20,8 +20,11 @@ import pandas as pd
 import pytest
 import torch
 
+import model.model as module_arch
+import train as train_script
+from base.base_model import BaseModel
 from model.model import ResNet
-from tests.conftest import REPO, TINY_CONFIG, make_config, run_dirs, run_script
+from tests.conftest import IRIS_CONFIG, REPO, TINY_CONFIG, make_config, run_dirs, run_script
 from utils.checkpoint import (
     clean_temp_files,
     link_checkpoint,
@@ -29,6 +32,7 @@ from utils.checkpoint import (
     save_checkpoint,
     strip_module_prefix,
 )
+from utils.cli import run_cli
 from utils.errors import CheckpointError
 
 ENV = {"OMP_NUM_THREADS": "1"}  # one thread per run: two runs share the two cores without contention
@@ -80,14 +84,17 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> N
 # -- two training runs shared by the tests -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 2-epoch run with a checkpoint every epoch, and an uninterrupted 3-epoch run of the same config."""
-    two, three = tmp_path_factory.mktemp("two_epochs"), tmp_path_factory.mktemp("three_epochs")
+    """A 2-epoch run with a checkpoint every epoch, an uninterrupted 3-epoch run of the same config,
+    and a 1-epoch run of the tabular (iris) example."""
+    two, three, iris = (tmp_path_factory.mktemp(name) for name in ("two_epochs", "three_epochs", "iris"))
     changes = {"data_loader.args.batch_size": 32, "trainer.save_period": 1}
     configs = {two: make_config(two, **changes, **{"trainer.epochs": 2}),
-               three: make_config(three, **changes, **{"trainer.epochs": 3})}
+               three: make_config(three, **changes, **{"trainer.epochs": 3}),
+               iris: make_config(iris, IRIS_CONFIG, **{"trainer.epochs": 1})}
     in_parallel({folder: (lambda config=config: train("-c", str(config))) for folder, config in configs.items()})
-    (run,), (reference,) = run_dirs(two), run_dirs(three)
-    return SimpleNamespace(run=run, reference=reference, config=json.loads((run / "config.json").read_text()))
+    (run,), (reference,), (iris_run,) = run_dirs(two), run_dirs(three), run_dirs(iris, "TinyIris")
+    return SimpleNamespace(run=run, reference=reference, iris=iris_run,
+                           config=json.loads((run / "config.json").read_text()))
 
 
 # -- 1. what a checkpoint holds --------------------------------------------------------------------------
@@ -129,6 +136,16 @@ def test_checkpoint_loads_with_weights_only_and_holds_section_5(runs, name):
     assert_same_tensors(state_dict, load_checkpoint(path)["state_dict"])
 
 
+@pytest.mark.slow
+def test_checkpoints_of_the_tabular_example_load_with_weights_only(runs):
+    """Iris keeps its class names as NumPy strings; a checkpoint must hold them as plain ones."""
+    for name in ("last.pth", "model_best.pth"):
+        checkpoint = load_plain(runs.iris / name)
+        assert SECTION_5_KEYS <= checkpoint.keys()
+    resumed = train("-r", str(runs.iris), "trainer.epochs=2", check=False)
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_strip_module_prefix_on_a_data_parallel_model():
     model = ResNet(**TINY_CONFIG["arch"]["args"])
     wrapped = torch.nn.DataParallel(model).state_dict()
@@ -143,6 +160,36 @@ def test_strip_module_prefix_on_a_data_parallel_model():
     assert list(strip_module_prefix(nested)) == list(model.state_dict())
     # A plain state dict is left as it is.
     assert list(strip_module_prefix(model.state_dict())) == list(model.state_dict())
+
+
+class Averaged(BaseModel):
+    """A model that keeps its network in an attribute named ``module``, as EMA wrappers (timm's ModelEmaV2) do."""
+
+    __module__ = "model.model"  # where the config looks it up
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def train_in_process(argv: list[str]) -> int:
+    try:
+        run_cli(lambda: train_script.main(argv))
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def test_a_model_with_a_submodule_named_module_keeps_its_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(module_arch, "Averaged", Averaged, raising=False)
+    config = make_config(tmp_path, {**TINY_CONFIG, "arch": {"type": "Averaged", "args": {}}}, **{"trainer.epochs": 1})
+    assert train_in_process(["-c", str(config)]) == 0
+    (run,) = run_dirs(tmp_path)
+    assert list(load_plain(run / "last.pth")["state_dict"]) == list(Averaged().state_dict())
+    assert train_in_process(["-r", str(run), "trainer.epochs=2"]) == 0
 
 
 # -- 2. atomic saves ---------------------------------------------------------------------------------------
@@ -411,6 +458,8 @@ def test_resume_run_dir_uses_the_newest_checkpoint_that_verifies(runs, fallback_
     assert_same_tensors(expected, load_plain(run / "last.pth")["state_dict"])
     assert metrics_rows(run) == metrics_rows(runs.reference)
     assert load_checkpoint(run / "last.pth")["epoch"] == 3
+    expected = load_plain(runs.reference / "model_best.pth")["state_dict"]
+    assert_same_tensors(expected, load_checkpoint(run / "model_best.pth")["state_dict"])
 
 
 @pytest.mark.slow

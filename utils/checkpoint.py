@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -159,8 +160,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(str(path), f"refused to load, it holds more than tensors: {first_line}") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(str(path), f"refused to load: it holds objects other than tensors and plain "
+                                         f"data{what}, which could run code; load only files you trust") from None
     except Exception as error:
         raise CheckpointError(str(path), f"cannot be read: {error}") from error
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
@@ -193,8 +196,14 @@ def find_resume_checkpoint(run_dir: str | Path) -> Path:
     raise CheckpointError(str(run_dir), "every checkpoint in it is damaged")
 
 
-def strip_module_prefix(state_dict: dict) -> dict:
-    """State dict keys without the ``module.`` (DataParallel, DDP) and ``_orig_mod.`` (compile) prefixes."""
+def strip_module_prefix(state_dict: dict, model_keys=None) -> dict:
+    """State dict keys without the ``module.`` (DataParallel, DDP) and ``_orig_mod.`` (compile) prefixes.
+
+    Given the keys of the model it is for, a state dict that already fits is left as it is: a model
+    may have a submodule of its own called ``module``.
+    """
+    if model_keys is not None and set(state_dict) == set(model_keys):
+        return state_dict
     prefixes = ("module.", "_orig_mod.")
     clean = {}
     for key, value in state_dict.items():
