@@ -28,14 +28,25 @@ TEMP_SUFFIX = ".tmp"
 logger = logging.getLogger(__name__)
 
 
-def save_checkpoint(state: dict, path: str | Path, sync_dir: bool = True) -> None:
+def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a mix.
+    (The folder itself is not fsynced: after a power loss the rename may be undone, which leaves
+    the previous, complete checkpoint.)
     """
+    write_checkpoint_bytes(serialize(state), path)
+
+
+def serialize(state: dict) -> bytearray:
+    """The bytes of ``torch.save(state)``; ``write_checkpoint_bytes`` adds the checksum."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = bytearray(buffer.getbuffer())
+    return bytearray(buffer.getbuffer())
+
+
+def write_checkpoint_bytes(data: bytearray, path: str | Path) -> None:
+    """Add the checksum to serialized bytes and write them atomically (see ``save_checkpoint``)."""
     if data[-22:-18] != _ZIP_END_SIGNATURE or data[-2:] != b"\0\0":
         raise RuntimeError("torch.save wrote an archive with a comment; cannot add the checksum")
     data[-2:] = _CHECKSUM_LENGTH.to_bytes(2, "little")  # declare the comment that follows
@@ -47,11 +58,9 @@ def save_checkpoint(state: dict, path: str | Path, sync_dir: bool = True) -> Non
         file.flush()
         os.fsync(file.fileno())
     os.replace(temp, path)
-    if sync_dir:  # make the rename itself durable; a caller renaming several files syncs once at the end
-        fsync_dir(path.parent)
 
 
-def link_checkpoint(source: str | Path, target: str | Path, sync_dir: bool = True) -> None:
+def link_checkpoint(source: str | Path, target: str | Path) -> None:
     """Make ``target`` hold the same bytes as ``source``, atomically, as a hard link where possible.
 
     The link costs no disk space; ``source`` being replaced later does not change ``target``.
@@ -64,25 +73,14 @@ def link_checkpoint(source: str | Path, target: str | Path, sync_dir: bool = Tru
     except OSError:  # a file system without hard links
         shutil.copyfile(source, temp)
     os.replace(temp, target)
-    if sync_dir:
-        fsync_dir(target.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    if os.name == "posix":
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class CheckpointWriter:
-    """Writes checkpoints in a background thread, so that training does not wait for the disk.
+    """Writes checkpoints to disk in a background thread, so that training does not wait for the disk.
 
-    ``save`` copies the state to host memory before it returns, so training may change the model
-    right away. Saves happen one at a time, in order; ``wait()`` finishes the pending one and
-    re-raises its error, if any.
+    ``save`` serializes the state before it returns (so training may change the model right away);
+    the checksum, the write, the fsync and the renames happen in the background, one save at a time,
+    in order. ``wait()`` finishes the pending save and re-raises its error, if any.
 
     Examples:
         >>> writer = CheckpointWriter()
@@ -95,31 +93,20 @@ class CheckpointWriter:
         self._pending: Future | None = None
 
     def save(self, state: dict, path: str | Path, links: list[Path] = ()) -> None:
+        data = serialize(state)
         self.wait()
-        self._pending = self._executor.submit(self._write, _host_copy(state), Path(path), list(links))
+        self._pending = self._executor.submit(self._write, data, Path(path), list(links))
 
     @staticmethod
-    def _write(state: dict, path: Path, links: list[Path]) -> None:
-        save_checkpoint(state, path, sync_dir=False)
+    def _write(data: bytearray, path: Path, links: list[Path]) -> None:
+        write_checkpoint_bytes(data, path)
         for link in links:
-            link_checkpoint(path, link, sync_dir=False)
-        fsync_dir(path.parent)
+            link_checkpoint(path, link)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
-
-
-def _host_copy(value):
-    """A copy of a nested state in which every tensor is a CPU copy, safe from later training steps."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _host_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_host_copy(item) for item in value)
-    return value
 
 
 def clean_temp_files(folder: str | Path) -> None:
