@@ -208,9 +208,10 @@ class BaseTrainer:
 
     def _agreed_stop_signal(self) -> int:
         """The stop signal any process received (0 for none), the same on every process."""
+        if not dist.is_distributed():
+            return self._stop_signal or 0
         flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
-        if dist.is_distributed():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 
     def _save_checkpoint(self, epoch: int, log: dict, best: bool = False, batches_done: int = 0) -> None:
