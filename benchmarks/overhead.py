@@ -1,6 +1,6 @@
 """The template's cost over a hand-written PyTorch loop, with the template's defaults on.
 
-    python benchmarks/overhead.py                  # about 3 minutes on 2 CPU cores
+    python benchmarks/overhead.py                  # about 2 minutes on 2 CPU cores
     python benchmarks/overhead.py --rounds 1 --short 1 --long 2     # a smoke run
 
 Both paths train the model and data of config.json with the same initial weights, optimizer,
@@ -123,9 +123,9 @@ def verdict(met: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--short", type=int, default=2, help="epochs of the short run")
-    parser.add_argument("--long", type=int, default=8, help="epochs of the long run")
+    parser.add_argument("--long", type=int, default=12, help="epochs of the long run")
     parser.add_argument("--config", default=str(REPO / "config.json"))
     args = parser.parse_args()
     setup_logging(None, verbosity=0)
