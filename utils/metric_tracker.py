@@ -3,6 +3,7 @@
 Nothing here reads a value back to the host during the epoch, so tracking costs no GPU sync per batch.
 Under DistributedDataParallel every running sum is added over the processes before the result.
 """
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from utils.dist import all_reduce_sum, is_distributed
 
 
-class Metric:
+class Metric(ABC):
     """A metric over every sample of an epoch, accumulated in summable tensors.
 
     Subclass it for metrics that are not a mean over samples (F1, AUC, ...): keep running totals in
@@ -35,20 +36,25 @@ class Metric:
     def __init__(self):
         self.reset()
 
+    @abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Start a new epoch: clear the running totals."""
 
+    @abstractmethod
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Add one batch, on the device, without a host sync."""
 
+    @abstractmethod
     def state(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The running totals, as tensors to sum over processes (and to checkpoint mid-epoch)."""
 
+    @abstractmethod
     def load_state(self, tensors: list[torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Restore what ``state()`` returned (after summing it over processes, or from a checkpoint)."""
 
+    @abstractmethod
     def compute(self) -> float:
-        raise NotImplementedError
+        """The epoch's value from the running totals."""
 
 
 class MeanMetric(Metric):
