@@ -81,14 +81,20 @@ class ConfigParser:
         self.run_dir = Path(run_dir) if run_dir else None
         self.run_id = run_id
         self.dry_run = dry_run
+        if run_id is not None:
+            config_schema.check_path_part("--run-id", run_id)
+        _check_writable(Path(self["trainer"]["save_dir"]))
         if run_id is not None and self.run_dir is None and (self.runs_dir / run_id).exists():
             raise ConfigError("--run-id", f"{self.runs_dir / run_id} already exists; resume it with "
                                           f"-r {self.runs_dir / run_id}, or choose another id")
 
     @classmethod
     def from_args(cls, parser: ArgumentParser, options: Sequence[CliOption] = CLI_OPTIONS,
-                  argv: list[str] | None = None) -> "ConfigParser":
-        """Build the config from the command line: -c, -r, -d, option flags and overrides."""
+                  argv: list[str] | None = None, kfold: bool = False) -> "ConfigParser":
+        """Build the config from the command line: -c, -r, -d, option flags and overrides.
+
+        ``kfold`` tells what ``-r`` resumes: a k-fold run directory (kfold_train.py) or a run (train.py).
+        """
         args = parser.parse_intermixed_args(argv)
         if getattr(args, "device", None):
             os.environ["CUDA_VISIBLE_DEVICES"] = args.device
@@ -97,7 +103,7 @@ class ConfigParser:
         modification |= parse_overrides(getattr(args, "overrides", []))
         resume = run_dir = None
         if getattr(args, "resume", None):
-            resume, run_dir, config = resolve_resume(args.resume, args.config)
+            resume, run_dir, config = resolve_resume(args.resume, args.config, modification, kfold)
         elif args.config is None:
             raise ConfigError("command line", "give a config file with -c config.json, or a run to resume with -r")
         else:
@@ -130,12 +136,15 @@ class ConfigParser:
         from utils.dist import broadcast_object, is_main_process
 
         if is_main_process():
-            if self.run_dir is None:
-                self.run_dir = _new_run_dir(self.runs_dir, self.run_id)
-            else:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                clean_temp_files(self.run_dir)
-            write_json(self._config, self.run_dir / "config.json")
+            try:
+                if self.run_dir is None:
+                    self.run_dir = _new_run_dir(self.runs_dir, self.run_id)
+                else:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    clean_temp_files(self.run_dir)
+                write_json(self._config, self.run_dir / "config.json")
+            except OSError as error:
+                raise ConfigError("trainer.save_dir", f"cannot create the run directory: {error}") from None
         self.run_dir = Path(broadcast_object(str(self.run_dir)))
         setup_logging(self.run_dir, self["trainer"]["verbosity"], is_main_process())
         return self.run_dir
@@ -152,7 +161,7 @@ class ConfigParser:
         spec_args = {key: components.build_transform(value, f"{name}.args.{key}")
                      if components.is_transform_list(key, value) else value
                      for key, value in spec.get("args", {}).items()}
-        return _call(obj, name, *args, **(spec_args | kwargs))
+        return components.call(obj, name, *args, **(spec_args | kwargs))
 
     def init_ftn(self, name: str, module: ModuleType, *args, **kwargs):
         """A function a section names, with its args bound: ``partial(module.<type>, *args, **args)``.
@@ -164,7 +173,7 @@ class ConfigParser:
         spec = {"type": spec} if isinstance(spec, str) else spec
         obj = components.resolve(module, spec["type"], f"{name}.type")
         if isinstance(obj, type):
-            return _call(obj, name, *args, **(spec.get("args", {}) | kwargs))
+            return components.call(obj, name, *args, **(spec.get("args", {}) | kwargs))
         return partial(obj, *args, **(spec.get("args", {}) | kwargs))
 
     def init_data_loader(self, name: str, module: ModuleType, dataset=None, **kwargs):
@@ -188,7 +197,8 @@ class ConfigParser:
             spec = {"type": entry} if isinstance(entry, str) else entry
             obj = components.resolve(module, spec["type"], f"metrics.{i}")
             args = spec.get("args", {})
-            metrics[column] = _call(obj, f"metrics.{i}", **args) if isinstance(obj, type) else partial(obj, **args)
+            is_class = isinstance(obj, type)
+            metrics[column] = components.call(obj, f"metrics.{i}", **args) if is_class else partial(obj, **args)
         return metrics
 
     def get_logger(self, name: str, verbosity: int | None = None) -> logging.Logger:
@@ -221,16 +231,15 @@ class ConfigParser:
         return json.dumps(self._config, indent=4)
 
 
-def _call(obj, name: str, *args, **kwargs):
-    """Call a constructor; a TypeError or ValueError it raises becomes a ConfigError naming the section."""
-    try:
-        return obj(*args, **kwargs)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        key, _, rest = message.partition(":")
-        if key in kwargs and rest:
-            raise ConfigError(f"{name}.args.{key}", rest.strip()) from error
-        raise ConfigError(f"{name}", f"{obj.__name__}(...) failed: {message}") from error
+def _check_writable(save_dir: Path) -> None:
+    """A save_dir that cannot hold run directories is a config error, found before anything is built."""
+    for folder in (save_dir, *save_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError("trainer.save_dir", f"{folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError("trainer.save_dir", f"cannot write in {folder}")
+            return
 
 
 def _new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
@@ -251,28 +260,38 @@ def _new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
     raise RuntimeError(f"cannot create a new run directory in {runs_dir}")
 
 
-def resolve_resume(target: str, config_path: str | None) -> tuple[Path, Path, dict]:
+def resolve_resume(target: str, config_path: str | None, modification: dict, kfold: bool = False):
     """(checkpoint file or run directory, run directory, config) for ``-r TARGET``.
 
-    TARGET is a checkpoint file, a run directory, or ``auto`` for the newest run of the config's
-    name. The run's saved config is used unless ``-c`` gives one.
+    TARGET is a checkpoint file, a run directory, or ``auto``: the newest run of the config's name
+    (after the command line's changes) that train.py (or, with ``kfold``, kfold_train.py) can resume.
+    The run's saved config is used, unless ``-c`` gives one with an explicit TARGET.
     """
+    from utils.checkpoint import fold_dirs, load_checkpoint, resume_candidates
+
+    def is_kfold_run(folder: Path) -> bool:
+        return bool(fold_dirs(folder))
+
     if target == "auto":
         if config_path is None:
             raise ConfigError("-r auto", "needs -c config.json to know which runs to look at")
-        config = read_json(config_path)
-        runs_dir = Path(config.get("trainer", {}).get("save_dir", "saved/")) / str(config.get("name"))
-        from utils.checkpoint import resume_candidates
-
-        # A run can be resumed when it holds a checkpoint, or folds (a k-fold run).
-        runs = [p for p in runs_dir.glob("*") if p.is_dir() and (resume_candidates(p) or any(p.glob("fold_*")))]
+        located = config_schema.validate(read_json(config_path))
+        apply_modifications(located, modification)
+        runs_dir = Path(located["trainer"]["save_dir"]) / located["name"]
+        runs = [p for p in runs_dir.glob("*") if p.is_dir()
+                and (is_kfold_run(p) if kfold else resume_candidates(p) and not is_kfold_run(p))]
         if not runs:
-            raise CheckpointError(str(runs_dir), "no run with a checkpoint to resume with -r auto")
-        path = max(runs, key=lambda p: p.stat().st_mtime)
-        logging.getLogger(__name__).info("resuming the newest run: %s", path)
-        return path, path, config
+            kind = "k-fold run" if kfold else "run with a checkpoint"
+            raise CheckpointError(str(runs_dir), f"no {kind} to resume with -r auto")
+        target = str(max(runs, key=lambda p: p.stat().st_mtime))
+        logging.getLogger(__name__).info("resuming the newest run: %s", target)
+        config_path = None  # continue it with its own config
     path = Path(target)
     if path.is_dir():
+        if kfold and not is_kfold_run(path) and resume_candidates(path):
+            raise ConfigError(str(path), f"is a run of train.py, not a k-fold run: python train.py -r {path}")
+        if not kfold and is_kfold_run(path):
+            raise ConfigError(str(path), f"is a k-fold run: resume it with python kfold_train.py -r {path}")
         if config_path is not None:
             return path, path, read_json(config_path)
         if not (path / "config.json").is_file():
@@ -283,7 +302,5 @@ def resolve_resume(target: str, config_path: str | None) -> tuple[Path, Path, di
             return path, path.parent, read_json(config_path)
         if (path.parent / "config.json").is_file():
             return path, path.parent, read_json(path.parent / "config.json")
-        from utils.checkpoint import load_checkpoint
-
         return path, path.parent, load_checkpoint(path)["config"]
     raise CheckpointError(str(path), "no such checkpoint file or run directory")

@@ -21,10 +21,10 @@ import model.model as module_arch
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
 from trainer.predict import predict, write_predictions
-from utils.checkpoint import load_checkpoint, strip_module_prefix
+from utils.checkpoint import fold_dirs, load_checkpoint, strip_module_prefix
 from utils.cli import ArgumentParser, run_cli
-from utils.components import build_transform, parameters, resolve, section_module
-from utils.errors import CheckpointError, ConfigError
+from utils.components import build_transform, call, parameters, resolve, section_module
+from utils.errors import CheckpointError, ConfigError, DataError
 from utils.metric_tracker import MetricTracker
 from utils.util import prepare_device, read_json
 
@@ -37,8 +37,8 @@ def checkpoint_paths(targets: list[str]) -> list[Path]:
     for target in map(Path, targets):
         if target.is_file():
             paths.append(target)
-        elif target.is_dir() and sorted(target.glob("fold_*")):
-            for fold_dir in sorted(target.glob("fold_*"), key=lambda p: int(p.name.split("_")[1])):
+        elif target.is_dir() and fold_dirs(target):
+            for fold_dir in fold_dirs(target):
                 best = fold_dir / "model_best.pth"
                 paths.append(best if best.is_file() else fold_dir / "last.pth")
         elif target.is_dir():
@@ -64,18 +64,24 @@ def test_loader(config: ConfigParser, split: str):
             raise ConfigError("inference.dataset", f"{dataset_class.__name__} has no 'train' argument: name the "
                                                    "test data in an \"inference\" section")
         args["train"] = False
+    else:
+        # The test data is prepared as the training data was, unless the section says otherwise.
+        inherited = config["dataset"].get("args", {}).get("eval_transform")
+        if inherited and "eval_transform" not in config["inference"]["dataset"].get("args", {}):
+            args["eval_transform"] = build_transform(inherited, "dataset.args.eval_transform")
     dataset = config.init_obj(section, section_module("dataset"), **args).evaluation()
     loader_section = "inference.data_loader" if config["inference"]["data_loader"] is not None else "data_loader"
     return config.init_data_loader(loader_section, module_data, dataset=dataset, validation_split=0, shuffle=False)
 
 
-def load_model(config: ConfigParser, path: Path, device: torch.device) -> tuple[torch.nn.Module, list | None]:
-    """The model of a checkpoint, and the class names of the data it was trained on."""
-    checkpoint = load_checkpoint(path, map_location=device)
-    if checkpoint["arch"] != config["arch"]["type"]:
+def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch.device,
+               own_arch: bool) -> torch.nn.Module:
+    """The model of a checkpoint, built from its own arch section or from the config's."""
+    arch = checkpoint["config"]["arch"] if own_arch else config["arch"]
+    if checkpoint["arch"] != arch["type"]:
         raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch is "
-                                         f"{config['arch']['type']}")
-    model = config.init_obj("arch", module_arch)
+                                         f"{arch['type']}")
+    model = call(resolve(module_arch, arch["type"], "arch.type"), "arch", **arch.get("args", {}))
     try:
         model.load_state_dict(strip_module_prefix(checkpoint["state_dict"], model.state_dict()))
     except RuntimeError as error:
@@ -84,7 +90,7 @@ def load_model(config: ConfigParser, path: Path, device: torch.device) -> tuple[
     model = model.to(device)
     if config["trainer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    return model, checkpoint.get("classes")
+    return model
 
 
 def command_line() -> ArgumentParser:
@@ -108,23 +114,33 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
 
     paths = checkpoint_paths(args.resume)
-    raw_config = read_json(args.config) if args.config else load_checkpoint(paths[0])["config"]
+    checkpoints = [load_checkpoint(path) for path in paths]
+    raw_config = read_json(args.config) if args.config else checkpoints[0]["config"]
     modification = parse_overrides(args.overrides)
     if args.split:
         modification["inference.split"] = args.split
     if args.bs:
         modification["+data_loader.args.batch_size"] = args.bs
     config = ConfigParser(raw_config, modification=modification)
+    if config["inference"]["split"] == "valid" and len(paths) > 1:
+        raise ConfigError("--split valid", "scores the validation split of one run; the out-of-fold predictions "
+                                           "of a k-fold run are in its oof_predictions.csv")
     output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
 
     device, _ = prepare_device(config["n_gpu"])
+    # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
+    own_arch = args.config is None and not any(key.lstrip("+").startswith("arch.") for key in modification)
+    models = [load_model(config, checkpoint, path, device, own_arch) for checkpoint, path in zip(checkpoints, paths)]
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
     dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
-    models, trained_classes = zip(*(load_model(config, path, device) for path in paths))
+    model_classes = checkpoints[0].get("classes")
+    if dataset.targets and dataset.classes and model_classes and list(dataset.classes) != list(model_classes):
+        raise DataError("dataset", f"its classes ({', '.join(dataset.classes[:5])}) are not the model's "
+                                   f"({', '.join(model_classes[:5])}): the class indices would not match")
     logger.info("predicting %d samples (%s data) with %d checkpoint(s): %s", len(loader.dataset),
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
 
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
-    classes = dataset.classes or trained_classes[0]  # unlabelled data: the names the model learned
+    classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
     write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
     logger.info("wrote %s", output)
     if bool((targets >= 0).all()):

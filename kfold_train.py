@@ -16,10 +16,10 @@ import torch
 import model.metric as module_metric
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
-from train import build_trainer, dry_run
+from train import build_trainer, check_one_batch, dry_run
 from trainer.predict import predict, write_predictions
 from utils import dist
-from utils.checkpoint import load_checkpoint, resume_candidates
+from utils.checkpoint import fold_dirs, load_checkpoint, resume_candidates
 from utils.cli import interrupt_on_signals, run_cli
 from utils.components import section_module
 from utils.errors import ConfigError
@@ -44,6 +44,22 @@ def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle
         raise ConfigError("kfold.n_splits", str(error)) from None
 
 
+def check_same_folds(config: ConfigParser, folds: list) -> None:
+    """When resuming, the folds must be those the run started with (same data and kfold settings)."""
+    if config.run_dir is None:
+        return
+    for fold_dir in fold_dirs(config.run_dir):
+        fold = int(fold_dir.name.split("_")[1])
+        saved = fold_dir / "config.json"
+        if not saved.is_file():
+            continue  # created, but stopped before it began
+        held_out = json.loads(saved.read_text())["data_loader"]["args"]["validation_split"]
+        if fold >= len(folds) or sorted(held_out) != sorted(folds[fold][1].tolist()):
+            raise ConfigError("kfold", f"the folds differ from those {config.run_dir} started with (its "
+                                       f"{fold_dir.name} held out other samples): keep its kfold settings and "
+                                       "data, or start a new run")
+
+
 def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarray) -> dict:
     """Train one fold (or resume it), predict its held-out part, and return its summary row."""
     fold_dir = config.run_dir / f"fold_{fold}"
@@ -56,6 +72,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
                                modification={"+data_loader.args.validation_split": held_out.tolist()})
     seed_everything(fold_seed)  # every fold starts from its own seed: nothing carries over
     trainer = build_trainer(fold_config, dataset=train_dataset)
+    check_one_batch(trainer)
     trainer.resume_command = f"python kfold_train.py -r {config.run_dir}"
     trainer.wandb_group, trainer.wandb_name = f"{config['name']}/{config.run_dir.name}", f"fold_{fold}"
     fold_config.start_run()
@@ -88,7 +105,8 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
 
     table = pd.DataFrame(rows)
     numeric = table.drop(columns="fold")
-    summary = pd.concat([table, pd.DataFrame([{"fold": "mean", **numeric.mean()}, {"fold": "std", **numeric.std()}])])
+    stats = pd.DataFrame([{"fold": "mean", **numeric.mean()}, {"fold": "std", **numeric.std()}])
+    summary = pd.concat([table.astype(object), stats.astype(object)])  # the fold rows keep integer epochs
     summary.to_csv(config.run_dir / "kfold_summary.csv", index=False)
     logger.info("k-fold summary (%s; std is the sample standard deviation):\n%s",
                 config["trainer"]["monitor"], summary.to_string(index=False, float_format="{:.4g}".format))
@@ -115,7 +133,7 @@ def command_line():
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = ConfigParser.from_args(command_line(), options=KFOLD_OPTIONS, argv=argv)
+    config = ConfigParser.from_args(command_line(), options=KFOLD_OPTIONS, argv=argv, kfold=True)
     if config.finetune is not None:
         raise ConfigError("--finetune", "is for train.py; fine-tune each fold with a config instead")
     dist.init_distributed()
@@ -128,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
                        options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
     if config.dry_run:
-        dry_run(config, build_trainer(config, dataset=train_dataset, validation_split=folds[0][1]))
+        trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])
+        dry_run(config, trainer, check_one_batch(trainer))
         return
+    check_same_folds(config, folds)
     config.start_run()
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:

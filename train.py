@@ -4,6 +4,8 @@
     python train.py -r saved/Digits_ResNet/20261127_101500         # continue an interrupted run
     torchrun --nproc_per_node=2 train.py -c config.json            # DistributedDataParallel
 """
+from contextlib import contextmanager
+
 import torch
 
 import data_loader.data_loaders as module_data
@@ -16,6 +18,8 @@ from logger.logger import setup_logging
 from utils import dist
 from utils.cli import run_cli
 from utils.components import resolve
+from utils.errors import ConfigError, UserError
+from utils.metric_tracker import MetricTracker
 from utils.seeding import configure_determinism, seed_everything
 from utils.util import prepare_device
 
@@ -49,11 +53,46 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
                          lr_scheduler=lr_scheduler, device_ids=device_ids)
 
 
-def dry_run(config: ConfigParser, trainer) -> None:
+def check_one_batch(trainer) -> torch.Tensor:
+    """Push one training batch through the model, the loss and the metrics before training starts.
+
+    A model that does not fit the data, or a loss or a metric with bad arguments, is then a one-line
+    error now instead of a traceback in epoch 1. Nothing is trained. Returns the batch's inputs.
+    """
+    with blame("dataset", "cannot make a batch"):
+        data, target = next(iter(trainer.data_loader))
+    model, was_training = trainer.raw_model, trainer.raw_model.training
+    model.eval()
+    data, target = data.to(trainer.device), target.to(trainer.device)
+    with torch.no_grad():
+        with blame("arch", f"fails on a batch of shape {tuple(data.shape)}"):
+            output = model(data)
+        with blame("loss", "fails on the model's output"):
+            loss = trainer.criterion(output, target)
+        with blame("metrics", "fail on the model's output"):
+            tracker = MetricTracker(trainer.metric_fns)
+            tracker.update(loss, output, target)
+            tracker.result(sync=False)
+    model.train(was_training)
+    return data
+
+
+@contextmanager
+def blame(section: str, what: str):
+    """Turn an error of the block into a ConfigError naming the config section to fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        text = str(error).strip()
+        raise ConfigError(section, f"{what}: {text.splitlines()[0] if text else type(error).__name__}") from error
+
+
+def dry_run(config: ConfigParser, trainer, data: torch.Tensor) -> None:
     """Print the resolved config and the model summary with one batch through it; write nothing."""
-    data, _ = next(iter(trainer.data_loader))
     print(config.to_json())
-    print(trainer.raw_model.summary(data[:2].to(trainer.device)))
+    print(trainer.raw_model.summary(data[:2]))
     print(f"train batches per epoch: {len(trainer.data_loader)}, validation batches: "
           f"{len(trainer.valid_data_loader) if trainer.valid_data_loader else 0}")
     print("dry run: the config is valid and every object was built; nothing was written")
@@ -72,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_determinism(config["deterministic"])
 
     trainer = build_trainer(config)
+    data = check_one_batch(trainer)
     if config.dry_run:
-        dry_run(config, trainer)
+        dry_run(config, trainer, data)
         return
     config.start_run()
     trainer.train()

@@ -112,6 +112,9 @@ class BaseTrainer:
         elif dist.get_rank() > 0:
             seed_everything(self.config["seed"] + dist.get_rank())  # different dropout masks per process
         log = {}
+        if self.start_epoch > self.epochs:
+            logger.warning("the run already finished epoch %d of %d: add trainer.epochs=N to train longer",
+                           self.start_epoch - 1, self.epochs)
         try:
             with self._stop_on_signals():
                 for epoch in range(self.start_epoch, self.epochs + 1):

@@ -32,5 +32,11 @@ class MetricsCsv:
         if self.columns is None:
             self.columns = list(log)
             self._rewrite([self.columns])
+        elif set(log) - set(self.columns):  # a metric added on resume: a new column, empty before
+            with open(self.path, newline="") as file:
+                rows = list(csv.reader(file))[1:]
+            added = [key for key in log if key not in self.columns]
+            self.columns = self.columns + added
+            self._rewrite([self.columns, *(row + [""] * len(added) for row in rows)])
         with open(self.path, "a", newline="") as file:
             csv.writer(file).writerow([log.get(column, "") for column in self.columns])

@@ -6,8 +6,20 @@ Two kinds, both exact over every sample of an epoch:
 - a ``Metric`` subclass with running totals, for what is not a mean over samples (macro F1).
 """
 import torch
+import torch.nn.functional as F
 
 from utils.metric_tracker import Metric
+
+
+def confusion_matrix(output: torch.Tensor, target: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Counts of (target, predicted class) pairs, rows the targets, as a matrix product of one-hot codes.
+
+    Unlike ``torch.bincount``, this needs no host sync on CUDA and is deterministic.
+    """
+    num_classes = num_classes or output.shape[1]
+    predicted = F.one_hot(output.argmax(dim=1), num_classes).float()
+    actual = F.one_hot(target.long(), num_classes).float()
+    return (actual.T @ predicted).round().long()
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -36,9 +48,7 @@ class MacroF1(Metric):
         self.confusion = None
 
     def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        num_classes = self.num_classes or output.shape[1]
-        pairs = target.long() * num_classes + output.argmax(dim=1)
-        counts = torch.bincount(pairs, minlength=num_classes**2).reshape(num_classes, num_classes)
+        counts = confusion_matrix(output, target, self.num_classes)
         self.confusion = counts if self.confusion is None else self.confusion + counts
 
     def state(self) -> list[torch.Tensor]:

@@ -72,6 +72,26 @@ BROKEN_CONFIGS = {
     "override below a missing key": ({}, ["foo.bar=1"], "foo", ["no such key"]),
     "override of a list index": ({}, ["metrics.7=accuracy"], "metrics.7", ["list"]),
     "labels beyond num_classes": ({"arch.args.num_classes": 5}, [], "dataset", ["10 classes", "num_classes"]),
+    "metric named like the loss": ({"metrics": [{"type": "accuracy", "name": "loss"}]}, [], "metrics.0.name",
+                                   ["loss"]),
+    "metric name not a string": ({"metrics": [{"type": "accuracy", "name": 5}]}, [], "metrics.0.name", ["5"]),
+    "the same metric twice": ({"metrics": ["accuracy", "accuracy"]}, [], "metrics.1", ["two metrics"]),
+    "name that leaves save_dir": ({"name": "../../escape"}, [], "name", ["folder name"]),
+    "save_dir that is a file": ({"trainer.save_dir": __file__}, [], "trainer.save_dir", ["not a folder"]),
+    "transform argument out of range": ({"dataset.args.train_transform": [
+        {"type": "RandomRotation", "args": {"degrees": -5}}]}, [], "dataset.args.train_transform.0", ["positive"]),
+    "transforms not a list": ({"dataset.args.train_transform": {"type": "RandomRotation"}}, [],
+                              "dataset.args.train_transform", ["list"]),
+    "transform step not an object": ({"dataset.args.train_transform": [5]}, [], "dataset.args.train_transform.0",
+                                     ["type"]),
+    "model that does not fit the data": ({"arch": {"type": "MLP", "args": {"in_features": 5, "num_classes": 10}}},
+                                         [], "arch", ["batch of shape (64, 1, 8, 8)"]),
+    "loss argument of the wrong type": ({"loss": {"type": "cross_entropy", "args": {"label_smoothing": "x"}}},
+                                        [], "loss", ["label_smoothing"]),
+    "metric argument of the wrong type": ({"metrics": ["accuracy", {"type": "top_k_acc", "args": {"k": "x"}}]}, [],
+                                          "metrics", ["fail"]),
+    "model argument that torch refuses": ({"arch": {"type": "MLP", "args": {"in_features": 64, "num_classes": 10,
+                                                                            "hidden": [-1]}}}, [], "arch", ["MLP"]),
 }
 
 
@@ -130,6 +150,24 @@ def test_invalid_json_names_line_and_column(tmp_path, capsys):
     path.write_text('{\n  "name": "x",\n  "arch": {"type": "ResNet",}\n}\n')
     code, stderr = run_main(train.main, ["-c", str(path)], capsys)
     assert_one_error(code, stderr, f"{path}:3:", "invalid JSON")
+
+
+@pytest.mark.parametrize("content", [b'{"name": "\xff\xfe"}', b"", b"[1, 2]"])
+def test_unreadable_config_files(tmp_path, capsys, content):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    code, stderr = run_main(train.main, ["-c", str(path)], capsys)
+    assert_one_error(code, stderr, "")
+
+
+def test_config_path_that_is_a_folder(tmp_path, capsys):
+    code, stderr = run_main(train.main, ["-c", str(tmp_path)], capsys)
+    assert_one_error(code, stderr, str(tmp_path), "folder")
+
+
+def test_run_id_that_leaves_save_dir(tmp_path, capsys):
+    code, stderr = run_main(train.main, ["-c", str(make_config(tmp_path)), "--run-id", "../x"], capsys)
+    assert_one_error(code, stderr, "--run-id", "folder name")
 
 
 def test_missing_config_file(tmp_path, capsys):

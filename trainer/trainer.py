@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from base.base_trainer import BaseTrainer
 from logger.visualization import confusion_matrix_image, input_grid
+from model.metric import confusion_matrix
 from utils import dist
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.metric_tracker import MetricTracker
@@ -36,6 +37,11 @@ class Trainer(BaseTrainer):
         self.classes = getattr(data_loader.dataset, "classes", None)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
+        stopped_with = self.resume_state.get("batch_size", data_loader.batch_size)
+        if self.resume_batches and stopped_with != data_loader.batch_size:
+            raise ConfigError("data_loader.args.batch_size", f"the checkpoint stopped in the middle of an epoch with "
+                                                             f"batch size {stopped_with}; resume with it (it may "
+                                                             "change at the end of an epoch)")
         if self.monitor_key and self.monitor_key.startswith("val_") and valid_data_loader is None:
             raise ConfigError("trainer.monitor", f"{self.monitor_key!r} needs a validation split, but "
                                                  "data_loader.args.validation_split is 0")
@@ -155,8 +161,7 @@ class Trainer(BaseTrainer):
                     loss = self.criterion(output, target)
                 self.valid_metrics.update(loss, output, target)
                 if self.record_images and output.dim() == 2:
-                    n = output.shape[1]
-                    counts = torch.bincount(target * n + output.argmax(1), minlength=n * n).reshape(n, n)
+                    counts = confusion_matrix(output, target)
                     confusion = counts if confusion is None else confusion + counts
         if confusion is not None:
             self.valid_confusion = dist.all_reduce_sum(confusion)
@@ -178,4 +183,5 @@ class Trainer(BaseTrainer):
                                                         confusion_matrix_image(matrix.cpu().numpy(), classes), step)
 
     def _epoch_state(self) -> dict:
-        return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict()}
+        return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict(),
+                                         "batch_size": self.data_loader.batch_size}

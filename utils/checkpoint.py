@@ -169,6 +169,12 @@ def resume_candidates(run_dir: str | Path) -> list[Path]:
     return ([last] if last.is_file() else []) + others
 
 
+def fold_dirs(run_dir: str | Path) -> list[Path]:
+    """The ``fold_{k}`` run directories of a k-fold run, in fold order (empty for other runs)."""
+    folds = [p for p in Path(run_dir).glob("fold_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(folds, key=lambda p: int(p.name[5:]))
+
+
 def find_resume_checkpoint(run_dir: str | Path) -> Path:
     """The newest checkpoint of a run directory that verifies; warns about each one skipped."""
     candidates = resume_candidates(run_dir)

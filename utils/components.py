@@ -9,6 +9,7 @@ import inspect
 import re
 from types import ModuleType
 
+from utils import config_schema
 from utils.config_schema import did_you_mean
 from utils.errors import ConfigError
 
@@ -121,8 +122,12 @@ def check_component(where: str, spec, section: str):
     obj = resolve(section_module(section), name, f"{where}.type" if not isinstance(spec, str) else where)
     check_args(where, obj, args, section)
     for key, value in args.items():
+        if key.endswith("transform") and value is not None and section == "dataset" and not isinstance(value, list):
+            raise ConfigError(f"{where}.args.{key}", f'must be a list of transforms, e.g. [{{"type": '
+                                                     f'"RandomHorizontalFlip"}}], got {value!r}')
         if is_transform_list(key, value):
             for i, step in enumerate(value):
+                config_schema.check_component(f"{where}.args.{key}.{i}", step)
                 check_component(f"{where}.args.{key}.{i}", step, "transforms")
     return obj
 
@@ -130,6 +135,22 @@ def check_component(where: str, spec, section: str):
 def is_transform_list(key: str, value) -> bool:
     """Dataset arguments named ``*transform`` that hold a list are transform pipelines."""
     return key.endswith("transform") and isinstance(value, list)
+
+
+def call(obj, name: str, *args, **kwargs):
+    """Call a constructor; an error it raises from its arguments becomes a ConfigError naming the section.
+
+    Examples:
+        >>> call(torch.optim.SGD, "optimizer", params, lr=-1)    # ConfigError: optimizer.args.lr ...
+    """
+    try:
+        return obj(*args, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        key, _, rest = message.partition(":")
+        if key in kwargs and rest:
+            raise ConfigError(f"{name}.args.{key}", rest.strip()) from error
+        raise ConfigError(f"{name}", f"{obj.__name__}(...) failed: {message}") from error
 
 
 def build_transform(steps: list, where: str):
@@ -154,7 +175,7 @@ def _build_step(step: dict, where: str):
         elif key == "dtype" and isinstance(value, str):  # JSON has no dtypes: "float32" is torch.float32
             value = _dtype(value, f"{where}.args.dtype")
         args[key] = value
-    return obj(**args)
+    return call(obj, where, **args)
 
 
 def _dtype(name: str, where: str):

@@ -172,6 +172,7 @@ def validate(config) -> dict:
     if not isinstance(config, dict):
         raise ConfigError("config", "must be a JSON object")
     resolved = check_section("", config, TOP_LEVEL)
+    check_path_part("name", resolved["name"])
     for name, schema in SECTIONS.items():
         resolved[name] = check_section(name, resolved[name], schema)
     for name in COMPONENT_SECTIONS:
@@ -191,6 +192,7 @@ def validate(config) -> dict:
             check_component(f"inference.{key}", resolved["inference"][key])
     for i, entry in enumerate(resolved["inference"]["tta"]):
         check_component(f"inference.tta.{i}", entry)
+    _check_metric_names(resolved)
     _check_monitor(resolved)
     return resolved
 
@@ -198,6 +200,27 @@ def validate(config) -> dict:
 def metric_names(config: dict) -> list[str]:
     """The column names of the configured metrics: the type, or the entry's "name"."""
     return [entry if isinstance(entry, str) else entry.get("name", entry["type"]) for entry in config["metrics"]]
+
+
+RESERVED_COLUMNS = ("epoch", "loss", "lr", "epoch_time")
+
+
+def _check_metric_names(config: dict) -> None:
+    seen = set()
+    for i, (name, entry) in enumerate(zip(metric_names(config), config["metrics"])):
+        where = f"metrics.{i}.name" if isinstance(entry, dict) and "name" in entry else f"metrics.{i}"
+        if not isinstance(name, str) or not name or name in RESERVED_COLUMNS or name.startswith("val_"):
+            raise ConfigError(where, f"{name!r} cannot name a metric column: use a string other than "
+                                     f"{', '.join(RESERVED_COLUMNS)} that does not start with 'val_'")
+        if name in seen:
+            raise ConfigError(where, f"{name!r} names two metrics; give one of them another \"name\"")
+        seen.add(name)
+
+
+def check_path_part(where: str, value: str) -> None:
+    """A name that becomes a folder: no separators, not '..' (it must stay inside save_dir)."""
+    if not value or value in (".", "..") or any(c in value for c in "/\\"):
+        raise ConfigError(where, f"{value!r} is used as a folder name: no '/', '\\', '.' or '..'")
 
 
 def _check_monitor(config: dict) -> None:

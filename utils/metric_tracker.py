@@ -3,6 +3,7 @@
 Nothing here reads a value back to the host during the epoch, so tracking costs no GPU sync per batch.
 Under DistributedDataParallel every running sum is added over the processes before the result.
 """
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -113,7 +114,9 @@ class MetricTracker:
 
     def __init__(self, metrics: dict[str, Metric | Callable]):
         self.loss = MeanMetric(fn=None)
-        self.metrics = {name: m if isinstance(m, Metric) else MeanMetric(m) for name, m in metrics.items()}
+        # Metric objects are copied: the training and the validation tracker each need their own totals.
+        self.metrics = {name: copy.deepcopy(m) if isinstance(m, Metric) else MeanMetric(m)
+                        for name, m in metrics.items()}
         self.queue = []
 
     def reset(self) -> None:
