@@ -22,7 +22,7 @@ from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
 from trainer.predict import predict, write_predictions
 from utils.checkpoint import fold_dirs, load_checkpoint, strip_module_prefix
-from utils.cli import ArgumentParser, run_cli
+from utils.cli import ArgumentParser, blame, run_cli
 from utils.components import build_transform, call, parameters, resolve, section_module
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.metric_tracker import MetricTracker
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
 
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["trainer"]["amp"])
-    outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
+    data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
+    with blame(data_section, "cannot predict on this data"):
+        outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
 
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data

@@ -4,8 +4,6 @@
     python train.py -r saved/Digits_ResNet/20261127_101500         # continue an interrupted run
     torchrun --nproc_per_node=2 train.py -c config.json            # DistributedDataParallel
 """
-from contextlib import contextmanager
-
 import torch
 
 import data_loader.data_loaders as module_data
@@ -16,9 +14,8 @@ import trainer as module_trainer
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
 from utils import dist
-from utils.cli import run_cli
+from utils.cli import blame, run_cli
 from utils.components import resolve
-from utils.errors import ConfigError, UserError
 from utils.metric_tracker import MetricTracker
 from utils.seeding import configure_determinism, seed_everything
 from utils.util import prepare_device
@@ -75,18 +72,6 @@ def check_one_batch(trainer) -> torch.Tensor:
             tracker.result(sync=False)
     model.train(was_training)
     return data
-
-
-@contextmanager
-def blame(section: str, what: str):
-    """Turn an error of the block into a ConfigError naming the config section to fix."""
-    try:
-        yield
-    except UserError:
-        raise
-    except Exception as error:
-        text = str(error).strip()
-        raise ConfigError(section, f"{what}: {text.splitlines()[0] if text else type(error).__name__}") from error
 
 
 def dry_run(config: ConfigParser, trainer, data: torch.Tensor) -> None:

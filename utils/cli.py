@@ -4,8 +4,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 
-from utils.errors import NonFiniteLossError, TrainingInterrupted, UserError
+from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted, UserError
 
 DEBUG_ENV = "TEMPLATE_DEBUG"
 
@@ -68,3 +69,15 @@ def interrupt_on_signals(resume_command: str) -> Callable[[], None]:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
+
+
+@contextmanager
+def blame(section: str, what: str):
+    """Turn an error of the block into a ConfigError naming the config section to fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        text = str(error).strip()
+        raise ConfigError(section, f"{what}: {text.splitlines()[0] if text else type(error).__name__}") from error
