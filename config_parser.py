@@ -7,7 +7,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -16,8 +15,9 @@ from typing import NamedTuple
 from logger.logger import LEVELS, setup_logging
 from utils import components, config_schema
 from utils.cli import ArgumentParser
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import ConfigError
 from utils.overrides import apply_modifications, parse_overrides
+from utils.runs import check_writable, new_run_dir, resolve_resume
 from utils.util import read_json, write_json
 
 
@@ -83,7 +83,7 @@ class ConfigParser:
         self.dry_run = dry_run
         if run_id is not None:
             config_schema.check_path_part("--run-id", run_id)
-        _check_writable(Path(self["trainer"]["save_dir"]))
+        check_writable(Path(self["trainer"]["save_dir"]))
         if run_id is not None and self.run_dir is None and (self.runs_dir / run_id).exists():
             raise ConfigError("--run-id", f"{self.runs_dir / run_id} already exists; resume it with "
                                           f"-r {self.runs_dir / run_id}, or choose another id")
@@ -138,7 +138,7 @@ class ConfigParser:
         if is_main_process():
             try:
                 if self.run_dir is None:
-                    self.run_dir = _new_run_dir(self.runs_dir, self.run_id)
+                    self.run_dir = new_run_dir(self.runs_dir, self.run_id)
                 else:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
                     clean_temp_files(self.run_dir)
@@ -229,78 +229,3 @@ class ConfigParser:
 
     def to_json(self) -> str:
         return json.dumps(self._config, indent=4)
-
-
-def _check_writable(save_dir: Path) -> None:
-    """A save_dir that cannot hold run directories is a config error, found before anything is built."""
-    for folder in (save_dir, *save_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError("trainer.save_dir", f"{folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise ConfigError("trainer.save_dir", f"cannot write in {folder}")
-            return
-
-
-def _new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
-    """Create a new run directory; a timestamp id gets a suffix when two runs start in the same second."""
-    if run_id is not None:
-        path = runs_dir / run_id
-        path.mkdir(parents=True, exist_ok=False)
-        return path
-    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1000):
-        path = runs_dir / (stamp if attempt == 0 else f"{stamp}_{attempt}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot create a new run directory in {runs_dir}")
-
-
-def resolve_resume(target: str, config_path: str | None, modification: dict, kfold: bool = False):
-    """(checkpoint file or run directory, run directory, config) for ``-r TARGET``.
-
-    TARGET is a checkpoint file, a run directory, or ``auto``: the newest run of the config's name
-    (after the command line's changes) that train.py (or, with ``kfold``, kfold_train.py) can resume.
-    The run's saved config is used, unless ``-c`` gives one with an explicit TARGET.
-    """
-    from utils.checkpoint import fold_dirs, load_checkpoint, resume_candidates
-
-    def is_kfold_run(folder: Path) -> bool:
-        return bool(fold_dirs(folder))
-
-    if target == "auto":
-        if config_path is None:
-            raise ConfigError("-r auto", "needs -c config.json to know which runs to look at")
-        located = config_schema.validate(read_json(config_path))
-        apply_modifications(located, modification)
-        runs_dir = Path(located["trainer"]["save_dir"]) / located["name"]
-        runs = [p for p in runs_dir.glob("*") if p.is_dir()
-                and (is_kfold_run(p) if kfold else resume_candidates(p) and not is_kfold_run(p))]
-        if not runs:
-            kind = "k-fold run" if kfold else "run with a checkpoint"
-            raise CheckpointError(str(runs_dir), f"no {kind} to resume with -r auto")
-        target = str(max(runs, key=lambda p: p.stat().st_mtime))
-        logging.getLogger(__name__).info("resuming the newest run: %s", target)
-        config_path = None  # continue it with its own config
-    path = Path(target)
-    if path.is_dir():
-        if kfold and not is_kfold_run(path) and resume_candidates(path):
-            raise ConfigError(str(path), f"is a run of train.py, not a k-fold run: python train.py -r {path}")
-        if not kfold and is_kfold_run(path):
-            raise ConfigError(str(path), f"is a k-fold run: resume it with python kfold_train.py -r {path}")
-        if config_path is not None:
-            return path, path, read_json(config_path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(str(path), "has no config.json; give the config with -c")
-        return path, path, read_json(path / "config.json")
-    if path.is_file():
-        if config_path is not None:
-            return path, path.parent, read_json(config_path)
-        if (path.parent / "config.json").is_file():
-            return path, path.parent, read_json(path.parent / "config.json")
-        return path, path.parent, load_checkpoint(path)["config"]
-    raise CheckpointError(str(path), "no such checkpoint file or run directory")
