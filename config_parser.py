@@ -1,7 +1,7 @@
 """The config: read from JSON, changed from the command line, checked, and turned into objects.
 
 A section ``{"type": NAME, "args": {...}}`` builds ``NAME(**args)``, where NAME is looked up in the
-section's module (see utils/components.py for the modules and the safety rules).
+section's module (see utils/config/components.py for the modules and the safety rules).
 """
 import json
 import logging
@@ -13,11 +13,12 @@ from types import ModuleType
 from typing import NamedTuple
 
 from logger.logger import LEVELS, setup_logging
-from utils import components, config_schema
 from utils.cli import ArgumentParser
+from utils.config import components
+from utils.config import schema as config_schema
+from utils.config.overrides import apply_modifications, parse_overrides
+from utils.config.runs import check_writable, new_run_dir, resolve_resume
 from utils.errors import ConfigError
-from utils.overrides import apply_modifications, parse_overrides
-from utils.runs import check_writable, new_run_dir, resolve_resume
 from utils.util import read_json, write_json
 
 
@@ -132,8 +133,8 @@ class ConfigParser:
 
     def start_run(self) -> Path:
         """Create the run directory (or reopen the resumed one), save the config, start logging."""
-        from utils.checkpoint import clean_temp_files
-        from utils.dist import broadcast_object, is_main_process
+        from base.checkpoint import clean_temp_files
+        from base.dist import broadcast_object, is_main_process
 
         if is_main_process():
             try:

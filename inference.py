@@ -18,14 +18,14 @@ import data_loader.data_loaders as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
+from base.checkpoint import fold_dirs, load_checkpoint, strip_module_prefix
+from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
 from trainer.predict import predict, write_predictions
-from utils.checkpoint import fold_dirs, load_checkpoint, strip_module_prefix
 from utils.cli import ArgumentParser, blame, run_cli
-from utils.components import build_transform, call, parameters, resolve, section_module
+from utils.config.components import build_transform, call, parameters, resolve, section_module
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.metric_tracker import MetricTracker
 from utils.util import prepare_device, read_json
 
 logger = logging.getLogger("inference")

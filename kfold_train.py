@@ -14,17 +14,17 @@ import numpy as np
 import torch
 
 import model.metric as module_metric
+from base import dist
+from base.checkpoint import fold_dirs, load_checkpoint, resume_candidates
+from base.metric_tracker import MetricTracker
+from base.seeding import configure_determinism, seed_everything
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
 from trainer.predict import predict, write_predictions
-from utils import dist
-from utils.checkpoint import fold_dirs, load_checkpoint, resume_candidates
 from utils.cli import interrupt_on_signals, run_cli
-from utils.components import section_module
+from utils.config.components import section_module
 from utils.errors import ConfigError
-from utils.metric_tracker import MetricTracker
-from utils.seeding import configure_determinism, seed_everything
 
 logger = logging.getLogger("kfold")
 KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "number of folds")]

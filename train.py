@@ -11,13 +11,13 @@ import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
 import trainer as module_trainer
+from base import dist
+from base.metric_tracker import MetricTracker
+from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
-from utils import dist
 from utils.cli import blame, run_cli
-from utils.components import resolve
-from utils.metric_tracker import MetricTracker
-from utils.seeding import configure_determinism, seed_everything
+from utils.config.components import resolve
 from utils.util import prepare_device
 
 

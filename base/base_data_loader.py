@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from utils.dist import get_rank, get_world_size
-from utils.seeding import sample_seeds, worker_init_fn
+from base.dist import get_rank, get_world_size
+from base.seeding import sample_seeds, worker_init_fn
 
 _loaders_with_workers = weakref.WeakSet()
 
@@ -16,7 +16,7 @@ _loaders_with_workers = weakref.WeakSet()
 def _stop_workers() -> None:
     """Stop the worker processes of every loader before the program exits.
 
-    Workers ignore SIGTERM (see utils.seeding.worker_init_fn), so multiprocessing's own exit
+    Workers ignore SIGTERM (see base.seeding.worker_init_fn), so multiprocessing's own exit
     handler, which runs after this one, could not stop them.
     """
     for loader in list(_loaders_with_workers):

@@ -4,8 +4,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from base.seeding import seeded_rng
 from utils.errors import DataError
-from utils.seeding import seeded_rng
 
 
 class BaseDataset(Dataset):

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import torch
 
-from logger.recorder import RunRecorder, flatten
-from utils import dist
-from utils.checkpoint import (
+from base import dist
+from base.checkpoint import (
     FORMAT_VERSION,
     CheckpointWriter,
     find_resume_checkpoint,
     load_checkpoint,
     strip_module_prefix,
 )
+from base.seeding import get_rng_state, seed_everything, set_rng_state
+from logger.recorder import RunRecorder, flatten
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
-from utils.seeding import get_rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger(__name__)
 

@@ -6,20 +6,8 @@ Two kinds, both exact over every sample of an epoch:
 - a ``Metric`` subclass with running totals, for what is not a mean over samples (macro F1).
 """
 import torch
-import torch.nn.functional as F
 
-from utils.metric_tracker import Metric
-
-
-def confusion_matrix(output: torch.Tensor, target: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
-    """Counts of (target, predicted class) pairs, rows the targets, as a matrix product of one-hot codes.
-
-    Unlike ``torch.bincount``, this needs no host sync on CUDA and is deterministic.
-    """
-    num_classes = num_classes or output.shape[1]
-    predicted = F.one_hot(output.argmax(dim=1), num_classes).float()
-    actual = F.one_hot(target.long(), num_classes).float()
-    return (actual.T @ predicted).round().long()
+from base import Metric, confusion_matrix
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,15 +23,15 @@ import torch
 import model.model as module_arch
 import train as train_script
 from base.base_model import BaseModel
-from model.model import ResNet
-from tests.conftest import IRIS_CONFIG, REPO, TINY_CONFIG, make_config, run_dirs, run_script
-from utils.checkpoint import (
+from base.checkpoint import (
     clean_temp_files,
     link_checkpoint,
     load_checkpoint,
     save_checkpoint,
     strip_module_prefix,
 )
+from model.model import ResNet
+from tests.conftest import IRIS_CONFIG, REPO, TINY_CONFIG, make_config, run_dirs, run_script
 from utils.cli import run_cli
 from utils.errors import CheckpointError
 
@@ -277,7 +277,7 @@ def test_a_crash_while_linking_leaves_the_previous_file_intact(tmp_path, monkeyp
 SAVE_FOREVER = """
 import sys
 import torch
-from utils.checkpoint import save_checkpoint
+from base.checkpoint import save_checkpoint
 big = torch.arange(2_000_000, dtype=torch.float64)
 version = 0
 while True:

@@ -206,7 +206,7 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: trainer.epoch: unknown key (did you mean 'epochs'?); known keys: "
-        + ", ".join(__import__("utils.config_schema").config_schema.TRAINER)]
+        + ", ".join(__import__("utils.config.schema").config.schema.TRAINER)]
 
 
 def test_debug_shows_the_traceback(tmp_path):

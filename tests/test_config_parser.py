@@ -12,14 +12,14 @@ import data_loader.data_loaders as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
-import utils.runs
+import utils.config.runs
+from base import Metric
 from config_parser import ConfigParser, training_arguments
 from dataset.datasets import IrisDataset
 from logger.logger import setup_logging
 from tests.conftest import IRIS_CONFIG, TINY_CONFIG, make_config
+from utils.config.overrides import apply_modifications, parse_overrides
 from utils.errors import ConfigError
-from utils.metric_tracker import Metric
-from utils.overrides import apply_modifications, parse_overrides
 
 
 def iris(tmp_path, **changes) -> dict:
@@ -298,7 +298,7 @@ def test_two_runs_in_the_same_second_get_different_directories(tmp_path, monkeyp
         def now(cls, tz=None):
             return real_datetime(2030, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(utils.runs, "datetime", FrozenDatetime)
+    monkeypatch.setattr(utils.config.runs, "datetime", FrozenDatetime)
     first = ConfigParser(iris(tmp_path)).start_run()
     second = ConfigParser(iris(tmp_path)).start_run()
     third = ConfigParser(iris(tmp_path)).start_run()

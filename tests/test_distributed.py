@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import train
+from base.seeding import seed_everything
 from config_parser import ConfigParser
 from tests.conftest import IRIS_CONFIG, REPO, make_config, run_dirs, run_script
-from utils.seeding import seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ sys.path.insert(0, {repo!r})
 import train
 import trainer as module_trainer
 from trainer.trainer import Trainer
-from utils import dist
+from base import dist
 from utils.cli import run_cli
 
 class RankSkewedTrainer(Trainer):

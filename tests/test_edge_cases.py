@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from base.metric_tracker import MetricTracker
 from tests.conftest import IRIS_CONFIG, REPO, TINY_CONFIG, make_config, run_script
-from utils.metric_tracker import MetricTracker
 
 
 def one_error(result) -> str:

@@ -20,12 +20,12 @@ import model.metric as module_metric
 import model.model as module_arch
 import train
 import trainer as module_trainer
+from base import Metric
 from base.base_data_loader import BaseDataLoader
 from base.base_dataset import BaseDataset
 from base.base_model import BaseModel
 from tests.conftest import REPO, TINY_CONFIG, make_config, run_dirs
 from trainer.trainer import Trainer
-from utils.metric_tracker import Metric
 
 
 def add_to_module(monkeypatch, module, obj):

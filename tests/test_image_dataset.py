@@ -10,7 +10,7 @@ import dataset.datasets as module_dataset
 from config_parser import ConfigParser
 from dataset.datasets import ImageDataset
 from tests.conftest import REPO, run_dirs, run_script
-from utils.components import build_transform
+from utils.config.components import build_transform
 from utils.errors import DataError
 from utils.util import read_json
 

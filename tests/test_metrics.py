@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
 
+from base.metric_tracker import MeanMetric, MetricTracker
 from model.metric import MacroF1, accuracy, top_k_acc
-from utils.metric_tracker import MeanMetric, MetricTracker
 
 NUM_CLASSES = 5
 

@@ -85,7 +85,7 @@ def test_readme_json_snippets_parse():
 
 
 def test_readme_documents_every_config_key():
-    from utils.config_schema import SECTIONS, TOP_LEVEL
+    from utils.config.schema import SECTIONS, TOP_LEVEL
 
     text = (REPO / "README.md").read_text()
     for key in TOP_LEVEL:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import train
+from base.checkpoint import load_checkpoint
 from config_parser import ConfigParser
 from logger.logger import setup_logging
 from tests.conftest import IRIS_CONFIG, TINY_CONFIG, make_config, run_dirs
-from utils.checkpoint import load_checkpoint
 from utils.util import read_json
 
 # The digits with a small MLP: no BatchNorm or dropout, so with lr=0 nothing changes between epochs.

@@ -4,12 +4,12 @@ import math
 import torch
 from tqdm import tqdm
 
+from base import dist
+from base.base_metric import confusion_matrix
 from base.base_trainer import BaseTrainer
+from base.metric_tracker import MetricTracker
 from logger.visualization import confusion_matrix_image, input_grid
-from model.metric import confusion_matrix
-from utils import dist
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
-from utils.metric_tracker import MetricTracker
 
 
 class Trainer(BaseTrainer):

@@ -9,8 +9,8 @@ import inspect
 import re
 from types import ModuleType
 
-from utils import config_schema
-from utils.config_schema import did_you_mean
+from utils.config import schema as config_schema
+from utils.config.schema import did_you_mean
 from utils.errors import ConfigError
 
 # Where each config section looks its "type" up (SPEC section 2).

@@ -4,58 +4,12 @@ Nothing here reads a value back to the host during the epoch, so tracking costs 
 Under DistributedDataParallel every running sum is added over the processes before the result.
 """
 import copy
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
 
-from utils.dist import all_reduce_sum, is_distributed
-
-
-class Metric(ABC):
-    """A metric over every sample of an epoch, accumulated in summable tensors.
-
-    Subclass it for metrics that are not a mean over samples (F1, AUC, ...): keep running totals in
-    tensors, list them in ``state()``, and compute the value from them. Under DDP the tracker sums
-    each state tensor over the processes before ``compute()``.
-
-    Examples:
-        >>> class ErrorCount(Metric):
-        ...     def reset(self):
-        ...         self.errors = None
-        ...     def update(self, output, target):
-        ...         wrong = (output.argmax(1) != target).sum()
-        ...         self.errors = wrong if self.errors is None else self.errors + wrong
-        ...     def state(self):
-        ...         return [self.errors]
-        ...     def load_state(self, tensors):
-        ...         self.errors = tensors[0]
-        ...     def compute(self):
-        ...         return float(self.errors)
-    """
-
-    def __init__(self):
-        self.reset()
-
-    @abstractmethod
-    def reset(self) -> None:
-        """Start a new epoch: clear the running totals."""
-
-    @abstractmethod
-    def update(self, output: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch, on the device, without a host sync."""
-
-    @abstractmethod
-    def state(self) -> list[torch.Tensor]:
-        """The running totals, as tensors to sum over processes (and to checkpoint mid-epoch)."""
-
-    @abstractmethod
-    def load_state(self, tensors: list[torch.Tensor]) -> None:
-        """Restore what ``state()`` returned (after summing it over processes, or from a checkpoint)."""
-
-    @abstractmethod
-    def compute(self) -> float:
-        """The epoch's value from the running totals."""
+from base.base_metric import Metric
+from base.dist import all_reduce_sum, is_distributed
 
 
 class MeanMetric(Metric):

@@ -4,9 +4,9 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from utils import config_schema
+from utils.config import schema as config_schema
+from utils.config.overrides import apply_modifications
 from utils.errors import CheckpointError, ConfigError
-from utils.overrides import apply_modifications
 from utils.util import read_json
 
 
@@ -46,7 +46,7 @@ def resolve_resume(target: str, config_path: str | None, modification: dict, kfo
     (after the command line's changes) that train.py (or, with ``kfold``, kfold_train.py) can resume.
     The run's saved config is used, unless ``-c`` gives one with an explicit TARGET.
     """
-    from utils.checkpoint import fold_dirs, load_checkpoint, resume_candidates
+    from base.checkpoint import fold_dirs, load_checkpoint, resume_candidates
 
     def is_kfold_run(folder: Path) -> bool:
         return bool(fold_dirs(folder))

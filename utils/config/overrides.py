@@ -3,7 +3,7 @@ import copy
 import json
 from collections.abc import Sequence
 
-from utils.config_schema import did_you_mean
+from utils.config.schema import did_you_mean
 from utils.errors import ConfigError
 
 
