@@ -151,52 +151,67 @@ class ConfigParser:
         return self.run_dir
 
     # -- building objects ----------------------------------------------------------------------
-    def init_obj(self, name: str, module: ModuleType, *args, **kwargs):
+    def lookup(self, name: str, module: ModuleType | None = None):
+        """The class or function a section names (``"arch"``, ``"inference.dataset"``, ``"trainer"``),
+        looked up in the section's module of ``utils.config.components.SECTION_MODULES``.
+
+        ``module`` may be given, as in the original template (``config.init_obj("arch", module_arch)``),
+        but it must be the section's own module: the table is the one place that says where names live.
+        """
+        parts = name.split(".")
+        section = parts[1] if parts[0] == "inference" else parts[0]  # "metrics.0" is a "metrics" entry
+        table_module = components.section_module(section)
+        if module is not None and module is not table_module:
+            raise ValueError(f"{name} is looked up in {table_module.__name__}, not {module.__name__}")
+        spec = self.get(name)
+        type_name = spec if isinstance(spec, str) else spec["type"]
+        return components.resolve(table_module, type_name, name if isinstance(spec, str) else f"{name}.type")
+
+    def init_obj(self, name: str, module: ModuleType | None = None, *args, **kwargs):
         """Build the object a section names, with its args; keyword arguments given here win.
 
-        ``config.init_obj("optimizer", torch.optim, params)`` is
+        ``config.init_obj("optimizer", torch.optim, params)`` (or ``None`` for the module) is
         ``torch.optim.<type>(params, **config["optimizer"]["args"])``.
         """
         spec = self.get(name)
-        obj = components.resolve(module, spec["type"], f"{name}.type")
+        obj = self.lookup(name, module)
         spec_args = {key: components.build_transform(value, f"{name}.args.{key}")
                      if components.is_transform_list(key, value) else value
                      for key, value in spec.get("args", {}).items()}
         return components.call(obj, name, *args, **(spec_args | kwargs))
 
-    def init_ftn(self, name: str, module: ModuleType, *args, **kwargs):
+    def init_ftn(self, name: str, module: ModuleType | None = None, *args, **kwargs):
         """A function a section names, with its args bound: ``partial(module.<type>, *args, **args)``.
 
         The section may be a bare name (``"loss": "cross_entropy"``). A class is built instead
         (an ``nn.Module`` loss) and the instance returned.
         """
         spec = self.get(name)
+        obj = self.lookup(name, module)
         spec = {"type": spec} if isinstance(spec, str) else spec
-        obj = components.resolve(module, spec["type"], f"{name}.type")
         if isinstance(obj, type):
             return components.call(obj, name, *args, **(spec.get("args", {}) | kwargs))
         return partial(obj, *args, **(spec.get("args", {}) | kwargs))
 
-    def init_data_loader(self, name: str, module: ModuleType, dataset=None, **kwargs):
+    def init_data_loader(self, name: str, module: ModuleType | None = None, dataset=None, **kwargs):
         """Build the "dataset" section (unless a dataset is given), then the loader around it.
 
         ``config.init_data_loader("data_loader", module_data)`` is
         ``module_data.<type>(dataset, seed=config["seed"], **config["data_loader"]["args"])``.
         """
         if dataset is None:
-            dataset = self.init_obj("dataset", components.section_module("dataset"))
-        spec = self.get(name)
-        loader_class = components.resolve(module, spec["type"], f"{name}.type")
+            dataset = self.init_obj("dataset")
+        loader_class = self.lookup(name, module)
         if "seed" in components.parameters(loader_class)[0]:
             kwargs.setdefault("seed", self["seed"])
         return self.init_obj(name, module, dataset, **kwargs)
 
-    def init_metrics(self, module: ModuleType) -> dict:
+    def init_metrics(self, module: ModuleType | None = None) -> dict:
         """The "metrics" list as {column name: metric function or Metric object}."""
         metrics = {}
         for i, (column, entry) in enumerate(zip(config_schema.metric_names(self._config), self["metrics"])):
             spec = {"type": entry} if isinstance(entry, str) else entry
-            obj = components.resolve(module, spec["type"], f"metrics.{i}")
+            obj = self.lookup(f"metrics.{i}", module)
             args = spec.get("args", {})
             is_class = isinstance(obj, type)
             metrics[column] = components.call(obj, f"metrics.{i}", **args) if is_class else partial(obj, **args)

@@ -14,19 +14,14 @@ from pathlib import Path
 
 import torch
 
-import data_loader.data_loaders as module_data
-import model.loss as module_loss
-import model.metric as module_metric
-import model.model as module_arch
-from base.checkpoint import fold_dirs, load_checkpoint, strip_module_prefix
-from base.metric_tracker import MetricTracker
+from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
-from trainer.predict import predict, write_predictions
+from trainer.predict import predict, score, write_predictions
 from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.util import prepare_device, read_json
+from utils.util import amp_dtype, prepare_device, read_json
 
 logger = logging.getLogger("inference")
 
@@ -37,13 +32,8 @@ def checkpoint_paths(targets: list[str]) -> list[Path]:
     for target in map(Path, targets):
         if target.is_file():
             paths.append(target)
-        elif target.is_dir() and fold_dirs(target):
-            for fold_dir in fold_dirs(target):
-                best = fold_dir / "model_best.pth"
-                paths.append(best if best.is_file() else fold_dir / "last.pth")
         elif target.is_dir():
-            best = target / "model_best.pth"
-            paths.append(best if best.is_file() else target / "last.pth")
+            paths += [best_or_last(run_dir) for run_dir in fold_dirs(target) or [target]]
         else:
             raise CheckpointError(str(target), "no such checkpoint file or run directory")
     return paths
@@ -52,7 +42,7 @@ def checkpoint_paths(targets: list[str]) -> list[Path]:
 def test_loader(config: ConfigParser, split: str):
     """The loader of the data to predict: the test data, or the run's validation split."""
     if split == "valid":
-        valid_loader = config.init_data_loader("data_loader", module_data).split_validation()
+        valid_loader = config.init_data_loader("data_loader").split_validation()
         if valid_loader is None:
             raise ConfigError("inference.split", "'valid' needs a validation split, but validation_split is 0")
         return valid_loader
@@ -69,9 +59,9 @@ def test_loader(config: ConfigParser, split: str):
         inherited = config["dataset"].get("args", {}).get("eval_transform")
         if inherited and "eval_transform" not in config["inference"]["dataset"].get("args", {}):
             args["eval_transform"] = build_transform(inherited, "dataset.args.eval_transform")
-    dataset = config.init_obj(section, section_module("dataset"), **args).evaluation()
+    dataset = config.init_obj(section, **args).evaluation()
     loader_section = "inference.data_loader" if config["inference"]["data_loader"] is not None else "data_loader"
-    return config.init_data_loader(loader_section, module_data, dataset=dataset, validation_split=0, shuffle=False)
+    return config.init_data_loader(loader_section, dataset=dataset, validation_split=0, shuffle=False)
 
 
 def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch.device,
@@ -81,12 +71,8 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     if checkpoint["arch"] != arch["type"]:
         raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch is "
                                          f"{arch['type']}")
-    model = call(resolve(module_arch, arch["type"], "arch.type"), "arch", **arch.get("args", {}))
-    try:
-        model.load_state_dict(strip_module_prefix(checkpoint["state_dict"], model.state_dict()))
-    except RuntimeError as error:
-        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise CheckpointError(str(path), f"does not fit the config's arch: {detail}") from None
+    model = call(resolve(section_module("arch"), arch["type"], "arch.type"), "arch", **arch.get("args", {}))
+    load_model_weights(model, checkpoint["state_dict"], path)
     model = model.to(device)
     if config["trainer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -145,20 +131,17 @@ def main(argv: list[str] | None = None) -> None:
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["trainer"]["amp"])
+    amp = amp_dtype(config["trainer"]["amp"])
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     with blame(data_section, "cannot predict on this data"):
-        outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
+        outputs, targets = predict(models, loader, device, amp, tta, config["trainer"]["channels_last"])
 
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
     write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
     logger.info("wrote %s", output)
     if bool((targets >= 0).all()):
-        criterion = config.init_ftn("loss", module_loss)
-        tracker = MetricTracker(config.init_metrics(module_metric))
-        tracker.update(criterion(outputs, targets), outputs, targets)
-        logger.info("  ".join(f"{key} {value:.6f}" for key, value in tracker.result().items()))
+        logger.info("  ".join(f"{key} {value:.6f}" for key, value in score(config, outputs, targets).items()))
 
 
 def _default_output(resume: Path) -> Path:

@@ -13,17 +13,14 @@ import logging
 import numpy as np
 import torch
 
-import model.metric as module_metric
 from base import dist
-from base.checkpoint import fold_dirs, load_checkpoint, resume_candidates
-from base.metric_tracker import MetricTracker
+from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
 from base.seeding import configure_determinism, seed_everything
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
-from trainer.predict import predict, write_predictions
+from trainer.predict import predict, score, write_predictions
 from utils.cli import interrupt_on_signals, run_cli
-from utils.config.components import section_module
 from utils.errors import ConfigError
 
 logger = logging.getLogger("kfold")
@@ -80,9 +77,9 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
                 len(trainer.data_loader.train_indices), len(held_out), " (resumed)" if resumable else "")
     trainer.train()
 
-    best_path = fold_dir / ("model_best.pth" if trainer.monitor_mode != "off" else "last.pth")
-    checkpoint = load_checkpoint(best_path, map_location=trainer.device)
-    trainer.raw_model.load_state_dict(checkpoint["state_dict"])
+    best_path = best_or_last(fold_dir)
+    checkpoint = load_checkpoint(best_path)
+    load_model_weights(trainer.raw_model, checkpoint["state_dict"], best_path)
     outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
     # Under DDP each process predicted its own share of the held-out part: gather them.
     shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))
@@ -115,11 +112,8 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
     oof = oof.sort_values("id", kind="stable")
     oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
     probs = torch.tensor(oof.filter(like="prob_").to_numpy())
-    tracker = MetricTracker(config.init_metrics(module_metric))
-    criterion = config.init_ftn("loss", section_module("loss"))
     log_probs, targets = probs.clamp_min(1e-12).log(), torch.tensor(oof["target"].to_numpy())
-    tracker.update(criterion(log_probs, targets), log_probs, targets)
-    oof_metrics = {f"oof_{key}": value for key, value in tracker.result(sync=False).items()}
+    oof_metrics = {f"oof_{key}": value for key, value in score(config, log_probs, targets).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
     logger.info("out-of-fold, over all %d training samples: %s", len(oof),
                 "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))
@@ -141,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(config["seed"])
     configure_determinism(config["deterministic"])
 
-    train_dataset = config.init_obj("dataset", section_module("dataset"))
+    train_dataset = config.init_obj("dataset")
     options = config["kfold"]
     folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
                        options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
@@ -154,18 +148,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.
-    restore_signals = interrupt_on_signals(f"python kfold_train.py -r {config.run_dir}")
-    for fold, (_, held_out) in enumerate(folds):
-        result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
-        if result_file.is_file():
-            logger.info("fold %d/%d is finished: skipping it", fold + 1, len(folds))
-            rows.append(json.loads(result_file.read_text()))
-            continue
-        rows.append(run_fold(config, fold, train_dataset, held_out))
-        setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
-    if dist.is_main_process():
-        summarize(config, rows, train_dataset)
-    restore_signals()
+    with interrupt_on_signals(f"python kfold_train.py -r {config.run_dir}"):
+        for fold, (_, held_out) in enumerate(folds):
+            result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
+            if result_file.is_file():
+                logger.info("fold %d/%d is finished: skipping it", fold + 1, len(folds))
+                rows.append(json.loads(result_file.read_text()))
+                continue
+            rows.append(run_fold(config, fold, train_dataset, held_out))
+            setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
+        if dist.is_main_process():
+            summarize(config, rows, train_dataset)
     dist.close_distributed()
 
 

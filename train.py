@@ -6,19 +6,15 @@
 """
 import torch
 
-import data_loader.data_loaders as module_data
-import model.loss as module_loss
-import model.metric as module_metric
-import model.model as module_arch
-import trainer as module_trainer
 from base import dist
+from base.checkpoint import load_checkpoint, read_resume_checkpoint
 from base.metric_tracker import MetricTracker
 from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
 from utils.cli import blame, run_cli
-from utils.config.components import resolve
-from utils.util import prepare_device
+from utils.errors import ConfigError
+from utils.util import prepare_device, to_device
 
 
 def build_trainer(config: ConfigParser, **loader_kwargs):
@@ -26,28 +22,35 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
 
     kfold_train.py calls this for each fold, with the fold's validation indices in ``loader_kwargs``.
     """
-    data_loader = config.init_data_loader("data_loader", module_data, **loader_kwargs)
+    data_loader = config.init_data_loader("data_loader", **loader_kwargs)
     valid_data_loader = data_loader.split_validation()
 
-    model = config.init_obj("arch", module_arch)
+    model = config.init_obj("arch")
     data_loader.dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
     else:
         device, device_ids = prepare_device(config["n_gpu"])
 
-    criterion = config.init_ftn("loss", module_loss)
-    metrics = config.init_metrics(module_metric)
+    criterion = config.init_ftn("loss")
+    metrics = config.init_metrics()
     trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = config.init_obj("optimizer", torch.optim, trainable_params)
+    optimizer = config.init_obj("optimizer", None, trainable_params)
     lr_scheduler = None
     if "lr_scheduler" in config:
-        lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer)
+        lr_scheduler = config.init_obj("lr_scheduler", None, optimizer)
 
-    trainer_class = resolve(module_trainer, config["trainer"]["type"], "trainer.type")
-    return trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
-                         data_loader=data_loader, valid_data_loader=valid_data_loader,
-                         lr_scheduler=lr_scheduler, device_ids=device_ids)
+    trainer_class = config.lookup("trainer")
+    trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
+                            data_loader=data_loader, valid_data_loader=valid_data_loader,
+                            lr_scheduler=lr_scheduler, device_ids=device_ids)
+    # Continuing a run, or starting one from another run's weights: one explicit step each.
+    if config.resume is not None:
+        path, checkpoint = read_resume_checkpoint(config.resume)
+        trainer.resume(checkpoint, path)
+    elif config.finetune is not None:
+        trainer.load_weights(load_checkpoint(config.finetune), config.finetune)
+    return trainer
 
 
 def check_one_batch(trainer) -> torch.Tensor:
@@ -60,18 +63,31 @@ def check_one_batch(trainer) -> torch.Tensor:
         data, target = next(iter(trainer.data_loader))
     model, was_training = trainer.raw_model, trainer.raw_model.training
     model.eval()
-    data, target = data.to(trainer.device), target.to(trainer.device)
+    data, target = to_device(data, trainer.device), to_device(target, trainer.device)
     with torch.no_grad():
-        with blame("arch", f"fails on a batch of shape {tuple(data.shape)}"):
+        with blame("arch", f"fails on a batch of shape {tuple(getattr(data, 'shape', ()))}"):
             output = model(data)
         with blame("loss", "fails on the model's output"):
             loss = trainer.criterion(output, target)
+        check_log_probabilities(trainer.config, output)
         with blame("metrics", "fail on the model's output"):
             tracker = MetricTracker(trainer.metric_fns)
             tracker.update(loss, output, target)
             tracker.result(sync=False)
     model.train(was_training)
     return data
+
+
+def check_log_probabilities(config: ConfigParser, output) -> None:
+    """``nll_loss`` on a model that returns logits trains on nonsense without an error: stop it here."""
+    loss = config["loss"] if isinstance(config["loss"], str) else config["loss"]["type"]
+    if loss != "nll_loss" or not isinstance(output, torch.Tensor) or output.dim() < 2:
+        return
+    sums = output.float().exp().sum(dim=1)
+    if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+        raise ConfigError("loss", "nll_loss expects log-probabilities, but the model's outputs are not (their "
+                                  "exp does not sum to 1 per sample): use \"cross_entropy\" for a model that "
+                                  "returns logits, or end the model with log_softmax")
 
 
 def dry_run(config: ConfigParser, trainer, data: torch.Tensor) -> None:

@@ -2,7 +2,6 @@ import logging
 import math
 import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,16 +9,12 @@ from pathlib import Path
 import torch
 
 from base import dist
-from base.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointWriter,
-    find_resume_checkpoint,
-    load_checkpoint,
-    strip_module_prefix,
-)
+from base.checkpoint import FORMAT_VERSION, CheckpointWriter, load_model_weights, strip_module_prefix
 from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
+from utils.cli import on_stop_signals
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
+from utils.util import amp_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +23,14 @@ class BaseTrainer:
     """The epoch loop: train, log, monitor, checkpoint, stop early; and resume from a checkpoint.
 
     Subclasses implement ``_train_epoch(epoch)``, which returns the epoch's log (a dict of floats).
-    The model given here is the plain model; ``self.model`` is what the training step calls
-    (wrapped for DataParallel or DDP, compiled), ``self.raw_model`` the plain one that is saved.
+    ``train()`` does the rest around it: it steps epoch-interval schedulers (ReduceLROnPlateau with
+    the monitored value), logs, monitors, checkpoints and stops early. The model given here is the
+    plain model; ``self.model`` is what the training step calls (wrapped for DataParallel or DDP,
+    compiled), ``self.raw_model`` the plain one that is saved, ``self.eval_model`` the one validation calls.
+
+    A run is continued by one explicit call after construction: ``trainer.resume(checkpoint, path)``
+    (train.py's ``build_trainer`` makes it), or started from another run's weights with
+    ``trainer.load_weights(checkpoint, path)`` (``--finetune``).
     """
 
     def __init__(self, model, criterion, metric_fns: dict, optimizer, config, device: torch.device,
@@ -46,7 +47,7 @@ class BaseTrainer:
         self.lr_scheduler = lr_scheduler
         self.scheduler_interval = (config["lr_scheduler"] or {}).get("interval", "epoch")
         # Mixed precision: bf16 needs no loss scaling; fp16 does, and its scaler is checkpointed.
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options["amp"])
+        self.amp_dtype = amp_dtype(options["amp"])
         self.scaler = torch.amp.GradScaler(device.type, enabled=options["amp"] == "fp16")
 
         self.monitor = options["monitor"]
@@ -66,11 +67,7 @@ class BaseTrainer:
         self.run_dir: Path | None = None
         self.checkpoint_writer = CheckpointWriter()
         self.resume_command = None  # printed on Ctrl-C / SIGTERM; kfold_train.py sets its own
-
-        if config.resume is not None:
-            self._resume_checkpoint(config.resume)
-        elif config.finetune is not None:
-            self._load_weights(config.finetune)
+        self.resumed = False
 
     def _wrap_model(self, model, options: dict, device_ids: list[int]):
         """Move the model to its device and wrap it: channels-last, compile, DDP or DataParallel."""
@@ -92,8 +89,16 @@ class BaseTrainer:
             model = torch.nn.DataParallel(model, device_ids=device_ids)
         return model
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The model validation calls: the plain one (each DDP process validates its own share, no sync)."""
+        return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
+
     def _train_epoch(self, epoch: int) -> dict:
-        """Train one epoch (and validate). Returns the epoch's log, e.g. {"loss": ..., "val_loss": ...}."""
+        """Train one epoch (and validate). Returns the epoch's log, e.g. {"loss": ..., "val_loss": ...}.
+
+        Epoch-interval schedulers are stepped by ``train()`` afterwards; "lr" is added when missing.
+        """
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------
@@ -101,9 +106,8 @@ class BaseTrainer:
         """Train from ``start_epoch`` to ``epochs``; returns the last epoch's log."""
         self.run_dir = self.config.run_dir
         self.resume_command = self.resume_command or f"python {Path(sys.argv[0]).name} -r {self.run_dir}"
-        resumed = self.config.resume is not None
         self.recorder = RunRecorder(self.config, self.run_dir, dist.is_main_process(),
-                                    resumed_epoch=self.start_epoch - 1 if resumed else None,
+                                    resumed_epoch=self.start_epoch - 1 if self.resumed else None,
                                     resumed_step=self.global_step, wandb_id=self.wandb_id,
                                     wandb_group=self.wandb_group, wandb_name=self.wandb_name)
         self.wandb_id = self.recorder.wandb.run_id
@@ -119,8 +123,11 @@ class BaseTrainer:
             with self._stop_on_signals():
                 for epoch in range(self.start_epoch, self.epochs + 1):
                     self.epoch_started = time.perf_counter() - self.resume_state.pop("epoch_time", 0.0)
+                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
                     log = {"epoch": epoch, **self._train_epoch(epoch)}
+                    log.setdefault("lr", lr)
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
+                    self._step_epoch_scheduler(log)
                     improved, stop_early = self._update_monitor(log)
                     self._after_epoch(log, improved, final=stop_early or epoch == self.epochs)
                     # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
@@ -140,6 +147,15 @@ class BaseTrainer:
             self.checkpoint_writer.wait()
             self.recorder.close()
         return log
+
+    def _step_epoch_scheduler(self, log: dict) -> None:
+        """Step an epoch-interval scheduler after the epoch (ReduceLROnPlateau with the monitored value)."""
+        if self.lr_scheduler is None or self.scheduler_interval != "epoch":
+            return
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.lr_scheduler.step(log[self.monitor_key or "loss"])
+        else:
+            self.lr_scheduler.step()
 
     def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
         """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely."""
@@ -163,23 +179,16 @@ class BaseTrainer:
     @contextmanager
     def _stop_on_signals(self):
         """On Ctrl-C or SIGTERM, finish the batch, save a checkpoint and exit with 130 or 143."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
 
-        def request_stop(signum, frame):
+        def request_stop(signum):
             if self._stop_signal == signal.SIGINT and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C aborts at once
             self._stop_signal = signum
             logger.warning("%s received: saving a checkpoint after this batch (Ctrl-C again to abort)",
                            signal.Signals(signum).name)
 
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with on_stop_signals(request_stop):
             yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint_state(self, epoch: int, log: dict, batches_done: int = 0) -> dict:
@@ -211,11 +220,7 @@ class BaseTrainer:
 
     def _agreed_stop_signal(self) -> int:
         """The stop signal any process received (0 for none), the same on every process."""
-        if not dist.is_distributed():
-            return self._stop_signal or 0
-        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
+        return int(dist.all_max([float(self._stop_signal or 0)], self.device)[0])
 
     def _save_checkpoint(self, epoch: int, log: dict, best: bool = False, batches_done: int = 0) -> None:
         """Write last.pth; link checkpoint-epoch{N}.pth every save_period epochs and model_best.pth."""
@@ -230,13 +235,16 @@ class BaseTrainer:
             logger.info("saving model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
         self.checkpoint_writer.save(state, self.run_dir / "last.pth", links)
 
-    def _resume_checkpoint(self, path: Path) -> None:
-        path = Path(path)
-        path = path if path.is_file() else find_resume_checkpoint(path)
+    # -- resuming: one call after construction -------------------------------------------------
+    def resume(self, checkpoint: dict, path: Path) -> None:
+        """Continue the run a checkpoint (read and verified by ``load_checkpoint``) was saved from.
+
+        Restores the model, optimizer, scheduler, AMP scaler, epoch, step, position in the epoch,
+        monitor and early-stop state, and the RNG states (set when training starts).
+        """
         logger.info("resuming from %s", path)
-        checkpoint = load_checkpoint(path, map_location=self.device)
         self._check_arch(checkpoint, path)
-        self._load_state_dict(checkpoint["state_dict"], path)
+        load_model_weights(self.raw_model, checkpoint["state_dict"], path)
         if checkpoint["config"]["optimizer"]["type"] != self.config["optimizer"]["type"]:
             logger.warning("the optimizer type changed since the checkpoint: its state is not restored")
         else:
@@ -253,12 +261,12 @@ class BaseTrainer:
             self.not_improved_count = checkpoint["not_improved_count"]
             self.best_epoch = checkpoint["best_epoch"]
         self.wandb_id = checkpoint["wandb_id"]
+        self.resumed = True
         states = checkpoint["rng_states"]
         self._rng_to_restore = states[dist.get_rank()] if dist.get_rank() < len(states) else states[0]
 
-    def _load_weights(self, path: Path) -> None:
+    def load_weights(self, checkpoint: dict, path: Path) -> None:
         """--finetune: the model weights only; tensors whose shape changed (a new head) are skipped."""
-        checkpoint = load_checkpoint(path, map_location=self.device)
         self._check_arch(checkpoint, path)
         own = self.raw_model.state_dict()
         source = strip_module_prefix(checkpoint["state_dict"], own)
@@ -274,10 +282,3 @@ class BaseTrainer:
         if checkpoint["arch"] != self.config["arch"]["type"]:
             raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch "
                                              f"is {self.config['arch']['type']}")
-
-    def _load_state_dict(self, state_dict: dict, path: Path) -> None:
-        try:
-            self.raw_model.load_state_dict(strip_module_prefix(state_dict, self.raw_model.state_dict()))
-        except RuntimeError as error:
-            detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-            raise CheckpointError(str(path), f"does not fit the model built from the config: {detail}") from None

@@ -175,18 +175,43 @@ def fold_dirs(run_dir: str | Path) -> list[Path]:
     return sorted(folds, key=lambda p: int(p.name[5:]))
 
 
-def find_resume_checkpoint(run_dir: str | Path) -> Path:
-    """The newest checkpoint of a run directory that verifies; warns about each one skipped."""
-    candidates = resume_candidates(run_dir)
+def read_resume_checkpoint(target: str | Path, map_location="cpu") -> tuple[Path, dict]:
+    """(path, checkpoint) to continue from: a checkpoint file, or the newest one of a run directory
+    that verifies (warning about each one skipped). Every file is read and verified once.
+
+    Examples:
+        >>> path, checkpoint = read_resume_checkpoint("saved/Digits_ResNet/20261127_101500")
+        >>> trainer.resume(checkpoint, path)
+    """
+    target = Path(target)
+    if target.is_file():
+        return target, load_checkpoint(target, map_location)
+    candidates = resume_candidates(target)
     if not candidates:
-        raise CheckpointError(str(run_dir), "holds no checkpoint (last.pth, checkpoint-epoch*.pth)")
+        raise CheckpointError(str(target), "holds no checkpoint (last.pth, checkpoint-epoch*.pth)")
     for candidate in candidates:
         try:
-            read_verified(candidate)
-            return candidate
+            return candidate, load_checkpoint(candidate, map_location)
         except CheckpointError as error:
             logger.warning("skipping %s", error)
-    raise CheckpointError(str(run_dir), "every checkpoint in it is damaged")
+    raise CheckpointError(str(target), "every checkpoint in it is damaged")
+
+
+def best_or_last(run_dir: str | Path) -> Path:
+    """The checkpoint that stands for a finished run: model_best.pth, else last.pth."""
+    best = Path(run_dir) / "model_best.pth"
+    return best if best.is_file() else Path(run_dir) / "last.pth"
+
+
+def load_model_weights(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
+    """Load a checkpoint's weights into ``model`` (whatever wrapper prefixes they were saved with);
+    a CheckpointError naming the file when they do not fit.
+    """
+    try:
+        model.load_state_dict(strip_module_prefix(state_dict, model.state_dict()))
+    except RuntimeError as error:
+        detail = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise CheckpointError(str(path), f"does not fit the model built from the config: {detail}") from None
 
 
 def strip_module_prefix(state_dict: dict, model_keys=None) -> dict:

@@ -55,6 +55,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_max(values: list[float], device: torch.device) -> list[float]:
+    """The largest of each value over all processes (a flag any process raised, a stop signal)."""
+    if not is_distributed():
+        return values
+    flags = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.tolist()
+
+
 def broadcast_object(obj):
     """Rank 0's value of ``obj`` on every rank."""
     if not is_distributed():

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import torch
 
+from base.metric_tracker import MetricTracker
+from utils.util import autocast, to_device
+
 
 @torch.inference_mode()
 def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
@@ -19,11 +22,9 @@ def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp
         model.eval()
     outputs, targets = [], []
     for data, target in loader:
-        data = data.to(device, non_blocking=True)
-        if channels_last and data.dim() == 4:
-            data = data.contiguous(memory_format=torch.channels_last)
+        data = to_device(data, device, channels_last)
         views = [data, *(transform(data) for transform in tta)]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             if len(models) == 1 and len(views) == 1:
                 output = models[0](data).float()
             else:
@@ -52,3 +53,15 @@ def write_predictions(path: str | Path, ids: Sequence, outputs: torch.Tensor, ta
     table |= {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(table).to_csv(path, index=False)
+
+
+def score(config, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+    """The config's loss and metrics over a set of predictions, exact over samples: {"loss": ..., name: ...}.
+
+    Examples:
+        >>> score(config, *predict([model], loader, device))
+        {'loss': 0.05, 'accuracy': 0.986}
+    """
+    tracker = MetricTracker(config.init_metrics())
+    tracker.update(config.init_ftn("loss")(outputs, targets), outputs, targets)
+    return tracker.result(sync=False)

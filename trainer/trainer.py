@@ -10,13 +10,30 @@ from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
 from logger.visualization import confusion_matrix_image, input_grid
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.util import autocast, is_image_batch, to_device
 
 
 class Trainer(BaseTrainer):
     """Supervised training: one forward, loss and backward per batch, then validation.
 
-    Override ``_train_epoch`` or ``_valid_epoch`` in a subclass for other kinds of training and name
-    the subclass in the config's ``trainer.type``.
+    To change what one batch does, override the small hooks and name the subclass in ``trainer.type``:
+
+    - ``_train_step(data, target) -> (loss, output)``: the forward pass and loss of a training batch;
+    - ``_valid_step(data, target) -> (loss, output)``: the same for validation.
+
+    The loop around them keeps everything else: moving the batch to the device, autocast, loss
+    scaling, accumulation and DDP ``no_sync``, clipping, the optimizer and scheduler steps, metrics,
+    the non-finite check, logging, the progress bar, stop signals and exact mid-epoch resume.
+    Override ``_train_epoch`` only for a different loop (``BaseTrainer.train`` still steps
+    epoch schedulers, monitors, checkpoints and stops early).
+
+    Examples:
+        >>> class MixupTrainer(Trainer):
+        ...     def _train_step(self, data, target):
+        ...         lam, perm = 0.7, torch.randperm(len(data), device=data.device)
+        ...         output = self.model(lam * data + (1 - lam) * data[perm])
+        ...         loss = lam * self.criterion(output, target) + (1 - lam) * self.criterion(output, target[perm])
+        ...         return loss, output
     """
 
     def __init__(self, model, criterion, metric_fns: dict, optimizer, config, device, data_loader,
@@ -37,25 +54,41 @@ class Trainer(BaseTrainer):
         self.classes = getattr(data_loader.dataset, "classes", None)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
-        stopped_with = self.resume_state.get("batch_size", data_loader.batch_size)
-        if self.resume_batches and stopped_with != data_loader.batch_size:
-            raise ConfigError("data_loader.args.batch_size", f"the checkpoint stopped in the middle of an epoch with "
-                                                             f"batch size {stopped_with}; resume with it (it may "
-                                                             "change at the end of an epoch)")
         if self.monitor_key and self.monitor_key.startswith("val_") and valid_data_loader is None:
             raise ConfigError("trainer.monitor", f"{self.monitor_key!r} needs a validation split, but "
                                                  "data_loader.args.validation_split is 0")
 
-    def _to_device(self, data: torch.Tensor) -> torch.Tensor:
-        data = data.to(self.device, non_blocking=True)
-        if self.channels_last and data.dim() == 4:
-            data = data.contiguous(memory_format=torch.channels_last)
-        return data
+    def resume(self, checkpoint: dict, path) -> None:
+        stopped_with = checkpoint["epoch_state"].get("batch_size", self.data_loader.batch_size)
+        if checkpoint["batches_done"] and stopped_with != self.data_loader.batch_size:
+            raise ConfigError("data_loader.args.batch_size", f"the checkpoint stopped in the middle of an epoch with "
+                                                             f"batch size {stopped_with}; resume with it (it may "
+                                                             "change at the end of an epoch)")
+        super().resume(checkpoint, path)
+
+    # -- the hooks a subclass overrides ----------------------------------------------------------
+    def _train_step(self, data, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass and the loss of one training batch: returns (loss, output).
+
+        Runs inside autocast (and DDP's no_sync between optimizer steps); the loop does the backward
+        pass, the optimizer step and the metrics. ``self.model`` is the wrapped model to call.
+        """
+        output = self.model(data)
+        return self.criterion(output, target), output
+
+    def _valid_step(self, data, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass and the loss of one validation batch: returns (loss, output).
+
+        Runs under ``torch.inference_mode()`` and autocast; ``self.eval_model`` is the model to call.
+        """
+        output = self.eval_model(data)
+        return self.criterion(output, target), output
+
+    def _to_device(self, batch):
+        return to_device(batch, self.device, self.channels_last)
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _train_epoch(self, epoch: int) -> dict:
         """Train one epoch, then validate.
@@ -70,22 +103,20 @@ class Trainer(BaseTrainer):
         if first_batch:  # resuming in the middle of this epoch
             self.data_loader.skip_batches(first_batch)
             self.train_metrics.load_state_dict(self.resume_state.pop("train_metrics"), self.device)
-        lr = self.optimizer.param_groups[0]["lr"]
         batches = first_batch + len(self.data_loader)
         recent_losses = []
         bar = tqdm(self.data_loader, desc=f"epoch {epoch}/{self.epochs}", total=batches, initial=first_batch,
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
-            data, target = self._to_device(data), target.to(self.device, non_blocking=True)
-            if self.record_images and self.global_step == 0 and batch_idx == 0 and data.dim() == 4:
+            data, target = self._to_device(data), self._to_device(target)
+            if self.record_images and self.global_step == 0 and batch_idx == 0 and is_image_batch(data):
                 self.recorder.tensorboard.add_image("inputs/train_batch", input_grid(data), 0)
             step_now = (batch_idx + 1) % self.accum_steps == 0 or batch_idx + 1 == batches
             # Between optimizer steps DDP need not average gradients: no_sync skips that communication.
             sync = step_now or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with self._autocast():
-                    output = self.model(data)
-                    loss = self.criterion(output, target)
+                    loss, output = self._train_step(data, target)
                 self.scaler.scale(loss / self.accum_steps if self.accum_steps > 1 else loss).backward()
             self.train_metrics.update(loss.detach(), output.detach(), target)
             recent_losses.append(loss.detach())
@@ -106,12 +137,7 @@ class Trainer(BaseTrainer):
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
             log |= self._valid_epoch(epoch)
-        if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
-            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.lr_scheduler.step(log[self.monitor_key or "loss"])
-            else:
-                self.lr_scheduler.step()
-        return log | {"lr": lr}
+        return log
 
     def _optimizer_step(self) -> None:
         if self.grad_clip_norm is not None:
@@ -128,13 +154,10 @@ class Trainer(BaseTrainer):
         """Stop on a non-finite loss; log the recent loss. Returns the stop signal all processes agree on."""
         values = torch.stack(losses).tolist()  # the host sync
         bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
-        stop_signal = self._stop_signal or 0
-        if dist.is_distributed():  # every process agrees on a non-finite loss and on a stop signal
-            flags = torch.tensor([float(bool(bad)), float(stop_signal)], device=self.device)
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            stop_signal = int(flags[1])
-            if flags[0] and not bad:
-                raise NonFiniteLossError(f"epoch {epoch}: the loss is not finite on another process")
+        # Every process agrees on a non-finite loss and on a stop signal.
+        any_bad, stop_signal = dist.all_max([float(bool(bad)), float(self._stop_signal or 0)], self.device)
+        if any_bad and not bad:
+            raise NonFiniteLossError(f"epoch {epoch}: the loss is not finite on another process")
         if bad:
             kept = f"last.pth keeps the state after epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
             raise NonFiniteLossError(f"epoch {epoch}, batch {batch_idx + 2 - len(values) + bad[0]}: the loss is "
@@ -143,24 +166,21 @@ class Trainer(BaseTrainer):
         mean_loss = sum(values) / len(values)
         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         self.recorder.log_step_loss(mean_loss, self.global_step)
-        return stop_signal
+        return int(stop_signal)
 
     def _valid_epoch(self, epoch: int) -> dict:
         """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}."""
         # The plain model: validation needs no gradient sync, and each process has its own share.
-        model = self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) \
-            else self.model
-        model.eval()
+        self.eval_model.eval()
         self.valid_metrics.reset()
         confusion = None
         with torch.inference_mode():
             for data, target in self.valid_data_loader:
-                data, target = self._to_device(data), target.to(self.device, non_blocking=True)
+                data, target = self._to_device(data), self._to_device(target)
                 with self._autocast():
-                    output = model(data)
-                    loss = self.criterion(output, target)
+                    loss, output = self._valid_step(data, target)
                 self.valid_metrics.update(loss, output, target)
-                if self.record_images and output.dim() == 2:
+                if self.record_images and output.dim() == 2 and isinstance(target, torch.Tensor):
                     counts = confusion_matrix(output, target)
                     confusion = counts if confusion is None else confusion + counts
         if confusion is not None:

@@ -3,6 +3,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -56,19 +57,37 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(stop.exit_code)
 
 
-def interrupt_on_signals(resume_command: str) -> Callable[[], None]:
-    """Make Ctrl-C and SIGTERM raise TrainingInterrupted (exit 130 / 143, the resume command printed)
-    instead of killing the process without a word. Returns the function that undoes it.
+@contextmanager
+def on_stop_signals(handler: Callable[[int], None]):
+    """Call ``handler(signum)`` on Ctrl-C (SIGINT) and SIGTERM inside the block, then put the previous
+    handlers back. Outside the main thread (where signals cannot be handled) it does nothing.
 
-    A Trainer installs its own handlers while it trains (to finish the batch and save a checkpoint)
-    and puts these back afterwards.
+    Examples:
+        >>> with on_stop_signals(lambda signum: print("stopping")):
+        ...     train()
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, lambda signum, frame: handler(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, previous_handler in previous.items():
+            signal.signal(signum, previous_handler)
+
+
+def interrupt_on_signals(resume_command: str):
+    """Ctrl-C and SIGTERM raise TrainingInterrupted (exit 130 / 143, the resume command printed) inside
+    the block, instead of killing the process without a word. A Trainer installs its own handlers
+    while it trains (to finish the batch and save a checkpoint) and puts these back afterwards.
     """
 
-    def stop(signum, frame):
+    def stop(signum):
         raise TrainingInterrupted(signum, resume_command)
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
+    return on_stop_signals(stop)
 
 
 @contextmanager

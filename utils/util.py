@@ -1,4 +1,5 @@
-"""Small helpers: JSON files and the choice of device."""
+"""Small helpers: JSON files, the choice of device, moving batches, mixed precision."""
+import contextlib
 import json
 import logging
 import os
@@ -56,3 +57,43 @@ def prepare_device(n_gpu: int) -> tuple[torch.device, list[int]]:
         n_gpu = available
     device = torch.device("cuda:0" if n_gpu > 0 else "cpu")
     return device, list(range(n_gpu))
+
+
+def to_device(batch, device: torch.device, channels_last: bool = False):
+    """Move a batch to ``device``: a tensor, or a tuple, list or dict of them (nested too).
+
+    Image batches (4-D tensors) become channels-last when asked; anything else is left as it is.
+
+    Examples:
+        >>> data = to_device({"image": images, "mask": masks}, torch.device("cuda"))
+    """
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(value, device, channels_last) for value in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
+def is_image_batch(batch) -> bool:
+    return isinstance(batch, torch.Tensor) and batch.dim() == 4
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp) -> torch.dtype | None:
+    """The autocast dtype of ``trainer.amp`` ("bf16", "fp16"), or None when it is off."""
+    return AMP_DTYPES.get(amp)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on the device's type, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
