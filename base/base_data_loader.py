@@ -1,4 +1,5 @@
 import atexit
+import logging
 import weakref
 from collections.abc import Sequence
 
@@ -8,6 +9,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from base.dist import get_rank, get_world_size
 from base.seeding import sample_seeds, worker_init_fn
+
+logger = logging.getLogger(__name__)
 
 _loaders_with_workers = weakref.WeakSet()
 
@@ -150,10 +153,15 @@ def split_indices(dataset, validation_split, stratify: bool, split_seed: int) ->
                 raise ValueError("stratify: needs a dataset with targets; set it to false")
             from sklearn.model_selection import train_test_split
 
-            train, valid = train_test_split(
-                np.arange(n), test_size=n_valid, stratify=np.asarray(targets), random_state=split_seed
-            )
-        else:
+            try:
+                train, valid = train_test_split(
+                    np.arange(n), test_size=n_valid, stratify=np.asarray(targets), random_state=split_seed
+                )
+            except ValueError as error:  # e.g. fewer validation samples than classes
+                logger.warning("validation_split: a stratified split cannot be made (%s); using a random split",
+                               str(error).rstrip("."))
+                stratify = False
+        if not stratify:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).numpy()
             train, valid = order[n_valid:], order[:n_valid]
         train, valid = np.sort(train), np.sort(valid)

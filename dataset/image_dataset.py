@@ -6,7 +6,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from base.base_dataset import BaseDataset
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class ImageDataset(BaseDataset):
          in predictions.csv. This is the layout of a competition's test folder.
 
     Args:
-        root: the folder of the images.
+        root: the folder of the images (``data_dir``, the original template's name, works too).
         csv_file: the CSV of paths and labels (a path, or relative to ``root``).
         path_column / label_column: the CSV's column names.
         image_size: resize every image to this size (an int for a square, or [height, width])
@@ -36,11 +36,15 @@ class ImageDataset(BaseDataset):
             unreadable ones with a warning, instead of stopping with an error that names the file.
     """
 
-    def __init__(self, root: str, csv_file: str | None = None, path_column: str = "path",
+    def __init__(self, root: str | None = None, csv_file: str | None = None, path_column: str = "path",
                  label_column: str | None = "label", image_size: int | list[int] | None = None,
-                 train_transform=None, eval_transform=None, skip_bad_files: bool = False):
+                 train_transform=None, eval_transform=None, skip_bad_files: bool = False,
+                 data_dir: str | None = None):
         super().__init__(train_transform, eval_transform)
-        self.root = Path(root)
+        if (root is None) == (data_dir is None):
+            raise ConfigError("dataset.args.root", "give the image folder as 'root' (or 'data_dir', the original "
+                                                   "template's name for it), once")
+        self.root = Path(root if root is not None else data_dir)
         if not self.root.is_dir():
             raise DataError(str(self.root), "image folder not found")
         self.image_size = [image_size, image_size] if isinstance(image_size, int) else image_size
