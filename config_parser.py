@@ -73,10 +73,12 @@ class ConfigParser:
     def __init__(self, config: dict, resume: str | Path | None = None, modification: dict | None = None,
                  run_id: str | None = None, run_dir: str | Path | None = None,
                  finetune: str | Path | None = None, dry_run: bool = False):
-        resolved = config_schema.validate(config)
-        apply_modifications(resolved, modification or {})
-        self._config = config_schema.validate(resolved)
-        components.check_all(self._config)
+        resolved = config_schema.validate(config)  # the defaults filled in, so that overrides can reach them
+        if modification:
+            apply_modifications(resolved, modification)
+            resolved = config_schema.validate(resolved)
+        components.check_all(resolved)
+        self._config = resolved
         self.resume = Path(resume) if resume else None
         self.finetune = Path(finetune) if finetune else None
         self.run_dir = Path(run_dir) if run_dir else None
