@@ -12,6 +12,7 @@ from base.metric_tracker import MetricTracker
 from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
+from trainer.trainer import Trainer
 from utils.cli import blame, run_cli
 from utils.errors import ConfigError
 from utils.util import prepare_device, to_device
@@ -65,10 +66,14 @@ def check_one_batch(trainer) -> torch.Tensor:
     model.eval()
     data, target = to_device(data, trainer.device), to_device(target, trainer.device)
     with torch.no_grad():
-        with blame("arch", f"fails on a batch of shape {tuple(getattr(data, 'shape', ()))}"):
-            output = model(data)
-        with blame("loss", "fails on the model's output"):
-            loss = trainer.criterion(output, target)
+        if type(trainer)._valid_step is not Trainer._valid_step:  # a custom step: check it as it is
+            with blame("trainer.type", f"{type(trainer).__name__}._valid_step fails on a batch"):
+                loss, output = trainer._valid_step(data, target)
+        else:
+            with blame("arch", f"fails on a batch of shape {tuple(getattr(data, 'shape', ()))}"):
+                output = model(data)
+            with blame("loss", "fails on the model's output"):
+                loss = trainer.criterion(output, target)
         check_log_probabilities(trainer.config, output)
         with blame("metrics", "fail on the model's output"):
             tracker = MetricTracker(trainer.metric_fns)

@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 import model.metric as module_metric
 import train
@@ -154,3 +155,19 @@ def test_an_unstratifiable_validation_count_falls_back_to_a_random_split(caplog)
     loader = DigitsDataLoader(DigitsDataset(train=True), batch_size=8, validation_split=2, stratify=True)
     assert len(loader.valid_indices) == 2 and len(loader.train_indices) == 1437 - 2
     assert "using a random split" in caplog.text
+
+
+def test_batches_of_tuples_lists_and_dicts_move_to_the_device():
+    from collections import namedtuple
+
+    from utils.util import to_device
+
+    Pair = namedtuple("Pair", "image mask")
+    batch = {"images": torch.zeros(2, 3, 4, 4), "extra": [torch.ones(2), (torch.ones(1), "name")],
+             "pair": Pair(torch.zeros(2, 1, 4, 4), torch.ones(2)), "count": 3}
+    moved = to_device(batch, torch.device("cpu"), channels_last=True)
+    assert moved["images"].is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(moved["extra"], list) and isinstance(moved["extra"][1], tuple)
+    assert moved["extra"][1][1] == "name" and moved["count"] == 3
+    assert isinstance(moved["pair"], Pair) and moved["pair"].image.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(moved["extra"][0], batch["extra"][0])
