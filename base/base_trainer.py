@@ -62,6 +62,7 @@ class BaseTrainer:
         self._rng_to_restore = None
         self.samples_per_epoch = None  # for the samples/second figure; the Trainer sets it
         self.classes = None  # the class names of the training data, kept in checkpoints for inference
+        self.loss_args = {}  # loss arguments resolved from the data ("balanced" weights), kept in checkpoints
         self.wandb_id = self.wandb_group = self.wandb_name = None
         self._stop_signal = None
         self.run_dir: Path | None = None
@@ -211,6 +212,7 @@ class BaseTrainer:
             "wandb_id": self.wandb_id,
             "metrics": log,
             "classes": [str(name) for name in self.classes] if self.classes is not None else None,
+            "loss_args": self.loss_args,
             "epoch_state": self._epoch_state() if batches_done else {},
         }
 
