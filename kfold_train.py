@@ -17,7 +17,7 @@ from base import dist
 from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
 from base.class_weights import resolve_loss_args
 from base.seeding import configure_determinism, seed_everything
-from base.splits import group_folds
+from base.splits import describe_folds, group_folds
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     check_same_folds(config, folds)
     config.start_run()
+    if groups is not None:
+        logger.info(describe_folds(folds, groups, options["stratified"]))
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.

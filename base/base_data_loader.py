@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from base.dist import get_rank, get_world_size
 from base.samplers import BalancedEpochSampler
 from base.seeding import sample_seeds, worker_init_fn
-from base.splits import group_holdout
+from base.splits import group_holdout, holdout_splitter
 
 _loaders_with_workers = weakref.WeakSet()
 
@@ -101,6 +101,7 @@ class BaseDataLoader(DataLoader):
         train_indices, self.valid_indices = split_indices(dataset, validation_split, stratify, split_seed,
                                                           group_split)
         self.train_indices = train_indices
+        self.splitter = holdout_splitter(dataset, validation_split, stratify, group_split)  # for the log
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed}
         self.epoch_sampler = make_epoch_sampler(dataset, train_indices, shuffle, seed, sampler, samples_per_epoch)
         pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory

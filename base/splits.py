@@ -7,14 +7,11 @@ k-fold folds are drawn from scikit-learn's group-aware splitters instead:
 - holdout: ``StratifiedGroupKFold`` (stratified) or ``GroupShuffleSplit``; one of its parts;
 - k-fold: ``StratifiedGroupKFold`` (stratified) or ``GroupKFold``.
 """
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from utils.errors import ConfigError, DataError
-
-logger = logging.getLogger(__name__)
 
 
 def group_codes(groups: Sequence) -> np.ndarray:
@@ -33,8 +30,9 @@ def check_group_sizes(groups: Sequence, n_parts: int, where: str) -> None:
                                "into: use fewer folds or a smaller validation part, or turn group splitting off")
     part = len(groups) / n_parts
     largest = int(counts.argmax())
-    if counts[largest] > part:
-        raise DataError(where, f"group {names[largest]!r} has {counts[largest]} samples, more than one of the "
+    name, size = str(names[largest]), int(counts[largest])
+    if size > part:
+        raise DataError(where, f"group {name!r} has {size} samples, more than one of the "
                                f"{n_parts} parts ({part:.0f} samples): use fewer folds or a smaller validation "
                                "part, or turn group splitting off")
 
@@ -58,7 +56,6 @@ def group_holdout(targets, groups: Sequence, n_valid: int, stratify: bool, seed:
     else:
         splitter = GroupShuffleSplit(n_splits=1, test_size=n_valid / n, random_state=seed)
         train, valid = next(splitter.split(np.zeros(n), groups=codes))
-    log_group_split(type(splitter).__name__, codes, train, valid)
     return np.sort(train), np.sort(valid)
 
 
@@ -75,13 +72,33 @@ def group_folds(targets, groups: Sequence, n_splits: int, stratified: bool, shuf
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
     else:
         splitter = GroupKFold(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
-    folds = list(splitter.split(np.zeros(len(codes)), None if targets is None else np.asarray(targets), codes))
-    logger.info("k-fold by groups (%s): %d groups, held out per fold: %s", type(splitter).__name__,
-                codes.max() + 1, ", ".join(str(len(np.unique(codes[held_out]))) for _, held_out in folds))
-    return folds
+    return list(splitter.split(np.zeros(len(codes)), None if targets is None else np.asarray(targets), codes))
 
 
-def log_group_split(splitter: str, codes: np.ndarray, train: np.ndarray, valid: np.ndarray) -> None:
-    logger.info("validation split by groups (%s): %d groups (%d samples) for training, %d groups (%d samples) "
-                "for validation", splitter, len(np.unique(codes[train])), len(train),
-                len(np.unique(codes[valid])), len(valid))
+def describe_folds(folds: list, groups: Sequence, stratified: bool) -> str:
+    """One log line: the group-aware splitter of k-fold and the groups each fold holds out."""
+    codes = group_codes(groups)
+    splitter = "StratifiedGroupKFold" if stratified else "GroupKFold"
+    held = ", ".join(str(len(np.unique(codes[held_out]))) for _, held_out in folds)
+    return f"k-fold by groups ({splitter}): {codes.max() + 1} groups, held out per fold: {held}"
+
+
+def describe_split(dataset, train: np.ndarray, valid: np.ndarray, splitter: str) -> str | None:
+    """One log line: the validation split's splitter and how many groups went to each side (None without groups)."""
+    groups = getattr(dataset, "groups", None)
+    if groups is None or len(valid) == 0:
+        return None
+    codes = group_codes(groups)
+    train_groups, valid_groups = set(codes[train].tolist()), set(codes[valid].tolist())
+    return (f"validation split ({splitter}): {len(train_groups)} groups ({len(train)} samples) for training, "
+            f"{len(valid_groups)} groups ({len(valid)} samples) for validation, "
+            f"{len(train_groups & valid_groups)} groups on both sides")
+
+
+def holdout_splitter(dataset, validation_split, stratify: bool, group_split: bool) -> str:
+    """The name of what draws the validation split, for the log."""
+    if isinstance(validation_split, (list, tuple, np.ndarray)):
+        return "the given indices (k-fold)"
+    if group_split and getattr(dataset, "groups", None) is not None:
+        return "StratifiedGroupKFold" if stratify else "GroupShuffleSplit"
+    return "train_test_split, stratified" if stratify else "random by sample"

@@ -192,6 +192,6 @@ def groups_from_pattern(pattern: str, relative_paths: list[str], where: list[str
     for i, path in enumerate(relative_paths):
         match = regex.search(path)
         if match is None or match.group(1) is None:
-            raise DataError(where[i], f"group_pattern {pattern!r} does not match {path!r}")
+            raise DataError(where[i], f"group_pattern '{pattern}' does not match {path!r}")
         groups.append(match.group(1))
     return groups
