@@ -7,6 +7,7 @@ The models here return logits; ``nll_loss`` is for models that return log-probab
 ``class_weights`` is a list (one weight per class) or ``"balanced"``: the training code replaces
 "balanced" by weights computed from the training split's targets (as scikit-learn's
 ``compute_class_weight("balanced")``) before the loss is built, and stores them in the checkpoint.
+Weighted losses are the plain mean of the weighted per-sample losses.
 """
 from functools import lru_cache
 
@@ -39,11 +40,15 @@ def cross_entropy(output: torch.Tensor, target: torch.Tensor, label_smoothing: f
                   class_weights: list[float] | str | None = None) -> torch.Tensor:
     """Cross-entropy of logits, with optional label smoothing (0.1 is a common choice) and class weights.
 
-    With class weights the mean is weighted, as in ``F.cross_entropy(weight=...)``.
+    With class weights, each sample's loss is multiplied by its class's weight and the result is the
+    plain mean over samples (not torch's mean divided by the sum of weights): so the epoch's loss,
+    a mean over batches weighted by their size, is exactly the loss over all samples.
     """
     weight = _class_weight_tensor(class_weights, output)
-    return F.cross_entropy(output.float() if weight is not None else output, target, weight=weight,
-                           label_smoothing=label_smoothing)
+    if weight is None:
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+    losses = F.cross_entropy(output.float(), target, weight=weight, reduction="none", label_smoothing=label_smoothing)
+    return losses.mean()
 
 
 def focal_loss(

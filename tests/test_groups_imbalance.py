@@ -193,7 +193,7 @@ SYNTHETIC_CONFIG["loss"] = {"type": "cross_entropy", "args": {"class_weights": "
 SYNTHETIC_CONFIG["trainer"]["epochs"] = 1
 
 
-def test_balanced_class_weights_equal_sklearns_on_the_training_split_and_are_checkpointed(tmp_path, caplog):
+def test_balanced_class_weights_equal_sklearns_on_the_training_split_and_are_checkpointed(tmp_path):
     import inference
     from dataset.datasets import SyntheticDataset
 
@@ -205,18 +205,17 @@ def test_balanced_class_weights_equal_sklearns_on_the_training_split_and_are_che
     expected = compute_class_weight("balanced", classes=np.arange(3), y=targets[train_part])
     assert checkpoint["loss_args"]["class_weights"] == pytest.approx(expected.tolist(), rel=1e-12)
     assert not np.allclose(expected, compute_class_weight("balanced", classes=np.arange(3), y=targets))
-    caplog.clear()
-    with caplog.at_level("INFO"):  # inference's loss uses the checkpoint's weights: it equals val_loss
-        inference.main(["--resume", str(run / "last.pth"), "--split", "valid", "-o", str(tmp_path / "p.csv")])
+    # inference's loss uses the checkpoint's weights: it equals the run's val_loss
+    inference.main(["--resume", str(run / "last.pth"), "--split", "valid", "-o", str(tmp_path / "p.csv")])
     val_loss = pd.read_csv(run / "metrics.csv")["val_loss"].iloc[-1]
-    logged = float(caplog.text.split("loss ")[-1].split()[0])
+    logged = float((run / "info.log").read_text().split(" - loss ")[-1].split()[0])
     assert logged == pytest.approx(val_loss, rel=1e-5)
 
 
-def test_cross_entropy_class_weights_are_torchs_weighted_mean():
+def test_weighted_cross_entropy_is_the_mean_of_weighted_sample_losses():
     output, target = torch.randn(16, 3), torch.randint(0, 3, (16,))
     weights = [0.5, 2.0, 1.5]
-    expected = F.cross_entropy(output, target, weight=torch.tensor(weights))
+    expected = (F.cross_entropy(output, target, reduction="none") * torch.tensor(weights)[target]).mean()
     torch.testing.assert_close(cross_entropy(output, target, class_weights=weights), expected)
 
 
