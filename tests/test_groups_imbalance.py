@@ -259,6 +259,7 @@ BALANCED_CONFIG["trainer"] |= {"epochs": 2, "log_step": 100}
 
 
 def test_balanced_sampler_resumes_bitwise_from_the_middle_of_an_epoch(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     train.main(["-c", str(make_config(tmp_path / "a", BALANCED_CONFIG))])
     (reference,) = run_dirs(tmp_path / "a", "TinyIris")
     calls = {"n": 0}
@@ -297,6 +298,6 @@ def test_class_balance_report_in_the_log_and_tensorboard(tmp_path):
     config = json.loads((run / "config.json").read_text())
     loader = BaseDataLoader(dataset, validation_split=0.25, stratify=True, seed=config["seed"])
     train_counts = np.bincount(np.asarray(dataset.targets)[loader.train_indices])
-    assert f"mask{train_counts[0]:>14}" in log and f"normal{train_counts[1]:>12}" in log
+    assert f"{'mask':<16}{train_counts[0]:>8}" in log and f"{'normal':<16}{train_counts[1]:>8}" in log
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     assert "data/class_balance" in events.Tags()["images"]
