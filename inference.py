@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
     logger.info("wrote %s", output)
     if bool((targets >= 0).all()):
-        logger.info("  ".join(f"{key} {value:.6f}" for key, value in score(config, outputs, targets).items()))
+        results = score(config, outputs, targets, checkpoints[0].get("loss_args"))  # the run's "balanced" weights
+        logger.info("  ".join(f"{key} {value:.6f}" for key, value in results.items()))
 
 
 def _default_output(resume: Path) -> Path:

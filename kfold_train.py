@@ -15,7 +15,9 @@ import torch
 
 from base import dist
 from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
+from base.class_weights import resolve_loss_args
 from base.seeding import configure_determinism, seed_everything
+from base.splits import describe_folds, group_folds
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
@@ -27,10 +29,14 @@ logger = logging.getLogger("kfold")
 KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "number of folds")]
 
 
-def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle: bool, seed: int) -> list:
-    """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold."""
+def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle: bool, seed: int,
+               groups=None) -> list:
+    """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold, or
+    with ``groups`` its (Stratified)GroupKFold: every group held out by one fold (base/splits.py)."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
+    if groups is not None:
+        return group_folds(targets, groups, n_splits, stratified, shuffle, seed)
     splitter_class = StratifiedKFold if stratified else KFold
     if stratified and targets is None:
         raise ConfigError("kfold.stratified", "the dataset has no targets to stratify by; set it to false")
@@ -108,15 +114,30 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
     logger.info("k-fold summary (%s; std is the sample standard deviation):\n%s",
                 config["trainer"]["monitor"], summary.to_string(index=False, float_format="{:.4g}".format))
 
-    oof = pd.concat(pd.read_csv(config.run_dir / f"fold_{row['fold']}" / "oof_predictions.csv") for row in rows)
-    oof = oof.sort_values("id", kind="stable")
+    oof = pd.concat(pd.read_csv(config.run_dir / f"fold_{row['fold']}" / "oof_predictions.csv")
+                    .assign(fold=row["fold"]) for row in rows)
+    oof = oof_columns(oof.sort_values("id", kind="stable"), train_dataset, config["kfold"]["group"])
     oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
     probs = torch.tensor(oof.filter(like="prob_").to_numpy())
     log_probs, targets = probs.clamp_min(1e-12).log(), torch.tensor(oof["target"].to_numpy())
-    oof_metrics = {f"oof_{key}": value for key, value in score(config, log_probs, targets).items()}
+    # "balanced" class weights of the out-of-fold loss: from all the training data the folds share out.
+    loss_args = resolve_loss_args(config, train_dataset, np.arange(len(train_dataset)),
+                                  config["arch"]["args"].get("num_classes") or train_dataset.num_classes)
+    oof_metrics = {f"oof_{key}": value for key, value in score(config, log_probs, targets, loss_args).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
     logger.info("out-of-fold, over all %d training samples: %s", len(oof),
                 "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))
+
+
+def oof_columns(oof, train_dataset, use_groups: bool):
+    """Put ``fold`` (the fold that held the sample out) and, with groups, ``group`` after ``id``."""
+    columns = ["id", "fold"]
+    groups = getattr(train_dataset, "groups", None)
+    if groups is not None and use_groups:
+        group_of = {str(train_dataset.sample_id(i)): group for i, group in enumerate(groups)}
+        oof["group"] = oof["id"].astype(str).map(group_of)
+        columns.append("group")
+    return oof[columns + [c for c in oof.columns if c not in columns]]
 
 
 def command_line():
@@ -137,14 +158,17 @@ def main(argv: list[str] | None = None) -> None:
 
     train_dataset = config.init_obj("dataset")
     options = config["kfold"]
+    groups = getattr(train_dataset, "groups", None) if options["group"] else None
     folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
-                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
+                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
     if config.dry_run:
         trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])
         dry_run(config, trainer, check_one_batch(trainer))
         return
     check_same_folds(config, folds)
     config.start_run()
+    if groups is not None:
+        logger.info(describe_folds(folds, groups, options["stratified"]))
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.

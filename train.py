@@ -8,6 +8,7 @@ import torch
 
 from base import dist
 from base.checkpoint import load_checkpoint, read_resume_checkpoint
+from base.class_weights import resolve_loss_args
 from base.metric_tracker import MetricTracker
 from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
@@ -33,7 +34,10 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     else:
         device, device_ids = prepare_device(config["n_gpu"])
 
-    criterion = config.init_ftn("loss")
+    # "balanced" class weights come from the training split; the checkpoint keeps them (loss_args).
+    loss_args = resolve_loss_args(config, data_loader.dataset, data_loader.train_indices,
+                                  config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
+    criterion = config.init_ftn("loss", **loss_args)
     metrics = config.init_metrics()
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.init_obj("optimizer", None, trainable_params)
@@ -45,6 +49,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
                             data_loader=data_loader, valid_data_loader=valid_data_loader,
                             lr_scheduler=lr_scheduler, device_ids=device_ids)
+    trainer.loss_args = loss_args
     # Continuing a run, or starting one from another run's weights: one explicit step each.
     if config.resume is not None:
         path, checkpoint = read_resume_checkpoint(config.resume)

@@ -8,7 +8,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from base.dist import get_rank, get_world_size
+from base.samplers import BalancedEpochSampler
 from base.seeding import sample_seeds, worker_init_fn
+from base.splits import group_holdout, holdout_splitter
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class BaseDataLoader(DataLoader):
         split_seed: the seed of the validation split, kept apart so the split stays fixed when the
             run seed changes.
         pin_memory: pinned host memory for fast copies to the GPU; defaults to True on CUDA.
+        group_split: with ``dataset.groups``, keep every group on one side of the validation split.
+        sampler: None (every training sample once per epoch) or "balanced": draw with replacement,
+            each class equally likely (base/samplers.py); ``shuffle`` is then ignored.
+        samples_per_epoch: draws per epoch of the balanced sampler (default: the training part's size).
 
     Examples:
         >>> loader = BaseDataLoader(DigitsDataset(), batch_size=64, validation_split=0.1)
@@ -85,6 +91,9 @@ class BaseDataLoader(DataLoader):
         drop_last: bool = False,
         pin_memory: bool | None = None,
         collate_fn=None,
+        group_split: bool = True,
+        sampler: str | None = None,
+        samples_per_epoch: int | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
@@ -92,10 +101,12 @@ class BaseDataLoader(DataLoader):
             raise ValueError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
         if len(dataset) == 0:
             raise ValueError("dataset: is empty")
-        train_indices, self.valid_indices = split_indices(dataset, validation_split, stratify, split_seed)
+        train_indices, self.valid_indices = split_indices(dataset, validation_split, stratify, split_seed,
+                                                          group_split)
         self.train_indices = train_indices
+        self.splitter = holdout_splitter(dataset, validation_split, stratify, group_split)  # for the log
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed}
-        self.epoch_sampler = EpochSampler(train_indices, shuffle, seed, get_world_size(), get_rank())
+        self.epoch_sampler = make_epoch_sampler(dataset, train_indices, shuffle, seed, sampler, samples_per_epoch)
         pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.loader_kwargs = {
             "batch_size": batch_size,
@@ -135,8 +146,29 @@ class BaseDataLoader(DataLoader):
         return loader
 
 
-def split_indices(dataset, validation_split, stratify: bool, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dataset indices for training and validation. The split draws from its own generator."""
+def make_epoch_sampler(dataset, train_indices, shuffle: bool, seed: int, sampler: str | None,
+                       samples_per_epoch: int | None):
+    """The training order: every sample once per epoch (EpochSampler), or the balanced draw."""
+    if sampler not in (None, "balanced"):
+        raise ValueError(f"sampler: must be null or 'balanced', got {sampler!r}")
+    if samples_per_epoch is not None and (sampler is None or isinstance(samples_per_epoch, bool)
+                                          or not isinstance(samples_per_epoch, int) or samples_per_epoch < 1):
+        raise ValueError("samples_per_epoch: must be a positive integer, with sampler 'balanced'; "
+                         f"got {samples_per_epoch!r}")
+    if sampler is None:
+        return EpochSampler(train_indices, shuffle, seed, get_world_size(), get_rank())
+    if getattr(dataset, "targets", None) is None:
+        raise ValueError("sampler: 'balanced' needs a dataset with targets")
+    targets = np.asarray(dataset.targets)[train_indices]
+    return BalancedEpochSampler(train_indices, targets, seed, get_world_size(), get_rank(), samples_per_epoch)
+
+
+def split_indices(dataset, validation_split, stratify: bool, split_seed: int,
+                  group_split: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices for training and validation. The split draws from its own generator.
+
+    With ``dataset.groups`` (and ``group_split``), whole groups go to one side (base/splits.py).
+    """
     n = len(dataset)
     if isinstance(validation_split, (list, tuple, np.ndarray, torch.Tensor)):
         valid = np.asarray(validation_split, dtype=np.int64)
@@ -147,21 +179,23 @@ def split_indices(dataset, validation_split, stratify: bool, split_seed: int) ->
         n_valid = validation_count(validation_split, n)
         if n_valid == 0:
             return np.arange(n), np.arange(0)
-        if stratify:
-            targets = getattr(dataset, "targets", None)
-            if targets is None:
-                raise ValueError("stratify: needs a dataset with targets; set it to false")
+        groups = getattr(dataset, "groups", None) if group_split else None
+        if stratify and getattr(dataset, "targets", None) is None:
+            raise ValueError("stratify: needs a dataset with targets; set it to false")
+        if groups is not None:
+            train, valid = group_holdout(getattr(dataset, "targets", None), groups, n_valid, stratify, split_seed)
+        elif stratify:
             from sklearn.model_selection import train_test_split
 
             try:
                 train, valid = train_test_split(
-                    np.arange(n), test_size=n_valid, stratify=np.asarray(targets), random_state=split_seed
+                    np.arange(n), test_size=n_valid, stratify=np.asarray(dataset.targets), random_state=split_seed
                 )
             except ValueError as error:  # e.g. fewer validation samples than classes
                 logger.warning("validation_split: a stratified split cannot be made (%s); using a random split",
                                str(error).rstrip("."))
                 stratify = False
-        if not stratify:
+        if groups is None and not stratify:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).numpy()
             train, valid = order[n_valid:], order[:n_valid]
         train, valid = np.sort(train), np.sort(valid)

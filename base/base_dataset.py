@@ -14,7 +14,9 @@ class BaseDataset(Dataset):
     Subclasses implement ``__len__`` and ``load(index) -> (sample, target)`` and set:
       - ``targets``: the class index of every sample, or None when labels are unknown;
         it drives stratified splits and k-fold;
-      - ``classes`` (optional): the class names, which predictions.csv adds as ``prediction_name``.
+      - ``classes`` (optional): the class names, which predictions.csv adds as ``prediction_name``;
+      - ``groups`` (optional): one hashable value per sample (a person, a patient, a video): the
+        validation split and k-fold then keep every group on one side (base/splits.py).
 
     A sample is transformed here, not in ``load``: the training transform for training, the
     evaluation transform for validation, test and inference data (see ``evaluation()``). The training
@@ -35,6 +37,7 @@ class BaseDataset(Dataset):
 
     targets: Sequence[int] | None = None
     classes: Sequence[str] | None = None
+    groups: Sequence | None = None
 
     def __init__(self, train_transform: Callable | None = None, eval_transform: Callable | None = None):
         self.train_transform = train_transform

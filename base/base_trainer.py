@@ -62,6 +62,7 @@ class BaseTrainer:
         self._rng_to_restore = None
         self.samples_per_epoch = None  # for the samples/second figure; the Trainer sets it
         self.classes = None  # the class names of the training data, kept in checkpoints for inference
+        self.loss_args = {}  # loss arguments resolved from the data ("balanced" weights), kept in checkpoints
         self.wandb_id = self.wandb_group = self.wandb_name = None
         self._stop_signal = None
         self.run_dir: Path | None = None
@@ -111,6 +112,8 @@ class BaseTrainer:
                                     resumed_step=self.global_step, wandb_id=self.wandb_id,
                                     wandb_group=self.wandb_group, wandb_name=self.wandb_name)
         self.wandb_id = self.recorder.wandb.run_id
+        if not self.resumed:
+            self._on_run_start()
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
         elif dist.get_rank() > 0:
@@ -156,6 +159,9 @@ class BaseTrainer:
             self.lr_scheduler.step(log[self.monitor_key or "loss"])
         else:
             self.lr_scheduler.step()
+
+    def _on_run_start(self) -> None:
+        """Record what describes a new run before its first epoch (the Trainer: the class balance)."""
 
     def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
         """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely."""
@@ -211,6 +217,7 @@ class BaseTrainer:
             "wandb_id": self.wandb_id,
             "metrics": log,
             "classes": [str(name) for name in self.classes] if self.classes is not None else None,
+            "loss_args": self.loss_args,
             "epoch_state": self._epoch_state() if batches_done else {},
         }
 

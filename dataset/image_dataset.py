@@ -34,12 +34,17 @@ class ImageDataset(BaseDataset):
         train_transform / eval_transform: torchvision.transforms.v2 pipelines (from the config).
         skip_bad_files: check every file when the dataset is built and leave out the missing and
             unreadable ones with a warning, instead of stopping with an error that names the file.
+        group_column: the CSV column that names each sample's group (a person, a patient): the
+            validation split and k-fold then keep every group on one side.
+        group_pattern: the same from a regular expression whose first capture group is the group,
+            searched in each file's path relative to its class folder (or the CSV's path value, or
+            the path relative to ``root``), e.g. ``"^(\\d+)_"`` for ``000123_mask1.jpg``.
     """
 
     def __init__(self, root: str | None = None, csv_file: str | None = None, path_column: str = "path",
                  label_column: str | None = "label", image_size: int | list[int] | None = None,
                  train_transform=None, eval_transform=None, skip_bad_files: bool = False,
-                 data_dir: str | None = None):
+                 group_column: str | None = None, group_pattern: str | None = None, data_dir: str | None = None):
         super().__init__(train_transform, eval_transform)
         if (root is None) == (data_dir is None):
             raise ConfigError("dataset.args.root", "give the image folder as 'root' (or 'data_dir', the original "
@@ -48,8 +53,13 @@ class ImageDataset(BaseDataset):
         if not self.root.is_dir():
             raise DataError(str(self.root), "image folder not found")
         self.image_size = [image_size, image_size] if isinstance(image_size, int) else image_size
+        if group_column is not None and csv_file is None:
+            raise ValueError("group_column: needs a csv_file; for class sub-folders use group_pattern")
+        if group_column is not None and group_pattern is not None:
+            raise ValueError("group_pattern: give group_column or group_pattern, not both")
+        groups = None
         if csv_file is not None:
-            self.paths, labels, where = self._from_csv(csv_file, path_column, label_column)
+            self.paths, labels, where, groups = self._from_csv(csv_file, path_column, label_column, group_column)
         elif any(child.is_dir() for child in self.root.iterdir()):
             self.paths, labels, where = self._from_folders()
         else:
@@ -57,22 +67,37 @@ class ImageDataset(BaseDataset):
             labels, where = None, [str(p) for p in self.paths]
         if not self.paths:
             raise DataError(str(self.root), f"no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        self._check_files(labels, where, skip_bad_files)
+        if group_pattern is not None:
+            groups = groups_from_pattern(group_pattern, self._relative_paths(csv_file is None), where)
+        self._check_files(labels, groups, where, skip_bad_files)
 
-    def _from_csv(self, csv_file, path_column, label_column):
+    def _relative_paths(self, drop_class_folder: bool) -> list[str]:
+        """Each file's path relative to ``root``, without the class folder when labels come from folders."""
+        paths = [p.relative_to(self.root) if p.is_relative_to(self.root) else p for p in self.paths]
+        if drop_class_folder and self.classes is not None:
+            paths = [p.relative_to(p.parts[0]) for p in paths]
+        return [p.as_posix() for p in paths]
+
+    def _from_csv(self, csv_file, path_column, label_column, group_column):
         import pandas as pd
 
         csv_path = Path(csv_file) if Path(csv_file).is_file() else self.root / csv_file
         if not csv_path.is_file():
             raise DataError(str(csv_file), "CSV file not found")
         table = pd.read_csv(csv_path)
-        for column in (path_column, label_column):
+        for column in (path_column, label_column, group_column):
             if column is not None and column not in table.columns:
                 raise DataError(str(csv_path), f"no column {column!r}; its columns are {list(table.columns)}")
         paths = [self.root / str(p) for p in table[path_column]]
         where = [f"{csv_path}, line {row + 2}" for row in range(len(table))]
+        groups = None
+        if group_column is not None:
+            if table[group_column].isna().any():
+                row = int(table[group_column].isna().to_numpy().argmax())
+                raise DataError(where[row], f"the group column {group_column!r} is empty")
+            groups = table[group_column].tolist()
         if label_column is None:
-            return paths, None, where
+            return paths, None, where, groups
         labels = table[label_column]
         if labels.isna().any():
             row = int(labels.isna().to_numpy().argmax())
@@ -81,10 +106,10 @@ class ImageDataset(BaseDataset):
             if (labels < 0).any():
                 row = int((labels < 0).to_numpy().argmax())
                 raise DataError(where[row], f"label {labels.iloc[row]} is negative")
-            return paths, labels.tolist(), where
+            return paths, labels.tolist(), where, groups
         self.classes = sorted(labels.astype(str).unique())
         index_of = {name: i for i, name in enumerate(self.classes)}
-        return paths, [index_of[name] for name in labels.astype(str)], where
+        return paths, [index_of[name] for name in labels.astype(str)], where, groups
 
     def _from_folders(self):
         self.classes = sorted(child.name for child in self.root.iterdir() if child.is_dir())
@@ -95,7 +120,7 @@ class ImageDataset(BaseDataset):
             labels += [label] * len(files)
         return paths, labels, [str(p) for p in paths]
 
-    def _check_files(self, labels, where, skip_bad_files: bool) -> None:
+    def _check_files(self, labels, groups, where, skip_bad_files: bool) -> None:
         keep = []
         for i, path in enumerate(self.paths):
             problem = None if path.is_file() else "image file not found"
@@ -112,6 +137,7 @@ class ImageDataset(BaseDataset):
                 raise DataError(str(self.root), "every image file is missing or unreadable")
         self.paths = [self.paths[i] for i in keep]
         self.targets = [labels[i] for i in keep] if labels is not None else None
+        self.groups = [groups[i] for i in keep] if groups is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -153,3 +179,22 @@ def _unreadable(path: Path) -> str | None:
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         return f"unreadable image ({error})"
     return None
+
+
+def groups_from_pattern(pattern: str, relative_paths: list[str], where: list[str]) -> list[str]:
+    """The first capture group of ``pattern`` searched in each path; a path it misses is a DataError."""
+    import re
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"group_pattern: {pattern!r} is not a regular expression ({error})") from None
+    if regex.groups < 1:
+        raise ValueError(f"group_pattern: {pattern!r} has no capture group; put the group in (...)")
+    groups = []
+    for i, path in enumerate(relative_paths):
+        match = regex.search(path)
+        if match is None or match.group(1) is None:
+            raise DataError(where[i], f"group_pattern '{pattern}' does not match {path!r}")
+        groups.append(match.group(1))
+    return groups

@@ -3,9 +3,32 @@
 
 Each takes the model's output and the targets and returns the mean over the batch's samples.
 The models here return logits; ``nll_loss`` is for models that return log-probabilities.
+
+``class_weights`` is a list (one weight per class) or ``"balanced"``: the training code replaces
+"balanced" by weights computed from the training split's targets (as scikit-learn's
+``compute_class_weight("balanced")``) before the loss is built, and stores them in the checkpoint.
+Weighted losses are the plain mean of the weighted per-sample losses.
 """
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
+
+
+@lru_cache(maxsize=16)
+def _weight_tensor(weights: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Made once per device: a fresh tensor every batch would copy it to the GPU every batch.
+    return torch.tensor(weights, device=device, dtype=dtype)
+
+
+def _class_weight_tensor(weights, output: torch.Tensor) -> torch.Tensor | None:
+    """The class weights as a tensor on ``output``'s device (None stays None)."""
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        raise ValueError(f"class_weights: {weights!r} must be resolved from the training targets before the loss "
+                         "is called (train.py does it); pass a list of weights here")
+    return _weight_tensor(tuple(float(w) for w in weights), output.device, torch.float32)
 
 
 def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -13,20 +36,35 @@ def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.nll_loss(output, target)
 
 
-def cross_entropy(output: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of logits, with optional label smoothing (0.1 is a common choice)."""
-    return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+def cross_entropy(output: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0,
+                  class_weights: list[float] | str | None = None) -> torch.Tensor:
+    """Cross-entropy of logits, with optional label smoothing (0.1 is a common choice) and class weights.
+
+    With class weights, each sample's loss is multiplied by its class's weight and the result is the
+    plain mean over samples (not torch's mean divided by the sum of weights): so the epoch's loss,
+    a mean over batches weighted by their size, is exactly the loss over all samples.
+    """
+    weight = _class_weight_tensor(class_weights, output)
+    if weight is None:
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+    losses = F.cross_entropy(output.float(), target, weight=weight, reduction="none", label_smoothing=label_smoothing)
+    return losses.mean()
 
 
 def focal_loss(
-    output: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: list[float] | None = None
+    output: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: list[float] | None = None,
+    class_weights: list[float] | str | None = None,
 ) -> torch.Tensor:
     """Focal loss (Lin et al., 2017) of logits: cross-entropy scaled by (1 - p_target) ** gamma.
 
-    ``gamma=0`` is plain cross-entropy. ``alpha`` optionally weights each class.
+    ``gamma=0`` is plain cross-entropy. ``alpha`` (or its other name ``class_weights``, which also
+    takes "balanced") weights each class; the result is the plain mean over samples.
     """
+    if alpha is not None and class_weights is not None:
+        raise ValueError("class_weights: give alpha or class_weights, not both")
+    alpha = _class_weight_tensor(class_weights if class_weights is not None else alpha, output)
     log_prob = F.log_softmax(output.float(), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
     loss = -((1 - log_prob.exp()) ** gamma) * log_prob
     if alpha is not None:
-        loss = loss * torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)[target]
+        loss = loss * alpha.to(loss.dtype)[target]
     return loss.mean()

@@ -171,7 +171,7 @@ def test_oof_predictions_cover_every_training_sample_once(kfold_run, digits_targ
     run, *_ = kfold_run
     oof = pd.read_csv(run / "oof_predictions.csv")
     probs = [f"prob_{c}" for c in range(10)]
-    assert list(oof.columns) == ["id", "prediction", "prediction_name", "target", *probs]
+    assert list(oof.columns) == ["id", "fold", "prediction", "prediction_name", "target", *probs]
     assert sorted(oof["id"]) == list(range(len(digits_targets)))
     assert len(oof) == len(digits_targets)
     # The ids are indices into the training part, and the targets are that part's labels.

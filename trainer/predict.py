@@ -55,13 +55,15 @@ def write_predictions(path: str | Path, ids: Sequence, outputs: torch.Tensor, ta
     pd.DataFrame(table).to_csv(path, index=False)
 
 
-def score(config, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+def score(config, outputs: torch.Tensor, targets: torch.Tensor, loss_args: dict | None = None) -> dict:
     """The config's loss and metrics over a set of predictions, exact over samples: {"loss": ..., name: ...}.
+
+    ``loss_args`` replace the config's loss arguments: the checkpoint's "balanced" class weights.
 
     Examples:
         >>> score(config, *predict([model], loader, device))
         {'loss': 0.05, 'accuracy': 0.986}
     """
     tracker = MetricTracker(config.init_metrics())
-    tracker.update(config.init_ftn("loss")(outputs, targets), outputs, targets)
+    tracker.update(config.init_ftn("loss", **(loss_args or {}))(outputs, targets), outputs, targets)
     return tracker.result(sync=False)

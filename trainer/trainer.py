@@ -8,6 +8,7 @@ from base import dist
 from base.base_metric import confusion_matrix
 from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
+from logger.class_balance import report_class_balance
 from logger.visualization import confusion_matrix_image, input_grid
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.util import autocast, is_image_batch, to_device
@@ -186,6 +187,9 @@ class Trainer(BaseTrainer):
         if confusion is not None:
             self.valid_confusion = dist.all_reduce_sum(confusion)
         return self.valid_metrics.result(prefix="val_")
+
+    def _on_run_start(self) -> None:
+        report_class_balance(self.data_loader, self.recorder.tensorboard)
 
     def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
         """At the end, draw the validation confusion matrix of the best epoch (and of the last) in TensorBoard."""

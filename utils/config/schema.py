@@ -74,6 +74,7 @@ KFOLD = {
     "stratified": Field((bool,), True),
     "shuffle": Field((bool,), True),
     "seed": Field((int, NONE), None),
+    "group": Field((bool,), True),
 }
 INFERENCE = {
     "split": Field((str,), "test", _one_of("test", "valid")),
