@@ -16,6 +16,7 @@ import torch
 import model.metric as module_metric
 from base import dist
 from base.checkpoint import fold_dirs, load_checkpoint, resume_candidates
+from base.ema import model_weights
 from base.metric_tracker import MetricTracker
 from base.seeding import configure_determinism, seed_everything
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
@@ -82,7 +83,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
 
     best_path = fold_dir / ("model_best.pth" if trainer.monitor_mode != "off" else "last.pth")
     checkpoint = load_checkpoint(best_path, map_location=trainer.device)
-    trainer.raw_model.load_state_dict(checkpoint["state_dict"])
+    trainer.raw_model.load_state_dict(model_weights(checkpoint))  # the EMA weights, with trainer.ema
     outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
     # Under DDP each process predicted its own share of the held-out part: gather them.
     shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))

@@ -4,6 +4,8 @@
     python train.py -r saved/Digits_ResNet/20261127_101500         # continue an interrupted run
     torchrun --nproc_per_node=2 train.py -c config.json            # DistributedDataParallel
 """
+import math
+
 import torch
 
 import data_loader.data_loaders as module_data
@@ -13,6 +15,8 @@ import model.model as module_arch
 import trainer as module_trainer
 from base import dist
 from base.metric_tracker import MetricTracker
+from base.param_groups import build_optimizer
+from base.schedulers import build_lr_scheduler
 from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
@@ -38,11 +42,9 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
 
     criterion = config.init_ftn("loss", module_loss)
     metrics = config.init_metrics(module_metric)
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = config.init_obj("optimizer", torch.optim, trainable_params)
-    lr_scheduler = None
-    if "lr_scheduler" in config:
-        lr_scheduler = config.init_obj("lr_scheduler", torch.optim.lr_scheduler, optimizer)
+    optimizer = build_optimizer(config, model)  # parameter groups: base/param_groups.py
+    steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
+    lr_scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch)  # warmup: base/schedulers.py
 
     trainer_class = resolve(module_trainer, config["trainer"]["type"], "trainer.type")
     return trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
@@ -70,6 +72,9 @@ def check_one_batch(trainer) -> torch.Tensor:
             tracker = MetricTracker(trainer.metric_fns)
             tracker.update(loss, output, target)
             tracker.result(sync=False)
+        if trainer.mixup is not None:
+            with blame("loss", "fails on the soft targets (class probabilities) of trainer.mixup"):
+                trainer.criterion(output, trainer.mixup(data, target, 1, 0)[1])
     model.train(was_training)
     return data
 

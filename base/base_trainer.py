@@ -17,6 +17,8 @@ from base.checkpoint import (
     load_checkpoint,
     strip_module_prefix,
 )
+from base.ema import ModelEma
+from base.freezing import BackboneFreezer, rewrap_ddp
 from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
@@ -42,6 +44,9 @@ class BaseTrainer:
         self.device = device
         self.raw_model = model
         self.model = self._wrap_model(model, options, device_ids or [])
+        # Fine-tuning: the backbone frozen for the first epochs, and an EMA of the weights (off by default).
+        self.freezer = BackboneFreezer(self.raw_model, options["freeze_backbone_epochs"])
+        self.ema = ModelEma(self.raw_model, **options["ema"]) if options["ema"] is not None else None
         self.criterion, self.metric_fns, self.optimizer = criterion, metric_fns, optimizer
         self.lr_scheduler = lr_scheduler
         self.scheduler_interval = (config["lr_scheduler"] or {}).get("interval", "epoch")
@@ -118,6 +123,8 @@ class BaseTrainer:
         try:
             with self._stop_on_signals():
                 for epoch in range(self.start_epoch, self.epochs + 1):
+                    if self.freezer.set_epoch(epoch):
+                        self.model = rewrap_ddp(self.model)
                     self.epoch_started = time.perf_counter() - self.resume_state.pop("epoch_time", 0.0)
                     log = {"epoch": epoch, **self._train_epoch(epoch)}
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
@@ -203,6 +210,7 @@ class BaseTrainer:
             "metrics": log,
             "classes": [str(name) for name in self.classes] if self.classes is not None else None,
             "epoch_state": self._epoch_state() if batches_done else {},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def _epoch_state(self) -> dict:
@@ -244,6 +252,10 @@ class BaseTrainer:
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.load_state_dict(checkpoint["ema"])
+        elif self.ema is not None:
+            logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
         self.start_epoch = checkpoint["epoch"] + 1
         self.resume_batches = checkpoint["batches_done"]
         self.resume_state = dict(checkpoint["epoch_state"])

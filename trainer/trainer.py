@@ -8,6 +8,8 @@ from base import dist
 from base.base_metric import confusion_matrix
 from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
+from base.mixup import build_mixer
+from base.param_groups import group_lrs
 from logger.visualization import confusion_matrix_image, input_grid
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 
@@ -37,6 +39,7 @@ class Trainer(BaseTrainer):
         self.classes = getattr(data_loader.dataset, "classes", None)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
+        self.mixup = build_mixer(config, dist.get_rank())  # MixUp / CutMix of training batches, or None
         stopped_with = self.resume_state.get("batch_size", data_loader.batch_size)
         if self.resume_batches and stopped_with != data_loader.batch_size:
             raise ConfigError("data_loader.args.batch_size", f"the checkpoint stopped in the middle of an epoch with "
@@ -64,28 +67,31 @@ class Trainer(BaseTrainer):
         and the learning rate the epoch trained with.
         """
         self.model.train()
+        self.freezer.freeze_norms()  # BatchNorm of a frozen backbone stays in eval mode
         self.data_loader.set_epoch(epoch)
         first_batch, self.resume_batches = self.resume_batches, 0
         self.train_metrics.reset()
         if first_batch:  # resuming in the middle of this epoch
             self.data_loader.skip_batches(first_batch)
             self.train_metrics.load_state_dict(self.resume_state.pop("train_metrics"), self.device)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lrs = group_lrs(self.optimizer)  # "lr", and "lr_<group>" for each parameter group
         batches = first_batch + len(self.data_loader)
         recent_losses = []
         bar = tqdm(self.data_loader, desc=f"epoch {epoch}/{self.epochs}", total=batches, initial=first_batch,
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
             data, target = self._to_device(data), target.to(self.device, non_blocking=True)
+            # MixUp / CutMix: mixed inputs and soft targets for the loss; the metrics keep the hard labels.
+            inputs, loss_target = self.mixup(data, target, epoch, batch_idx) if self.mixup else (data, target)
             if self.record_images and self.global_step == 0 and batch_idx == 0 and data.dim() == 4:
-                self.recorder.tensorboard.add_image("inputs/train_batch", input_grid(data), 0)
+                self.recorder.tensorboard.add_image("inputs/train_batch", input_grid(inputs), 0)
             step_now = (batch_idx + 1) % self.accum_steps == 0 or batch_idx + 1 == batches
             # Between optimizer steps DDP need not average gradients: no_sync skips that communication.
             sync = step_now or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with self._autocast():
-                    output = self.model(data)
-                    loss = self.criterion(output, target)
+                    output = self.model(inputs)
+                    loss = self.criterion(output, loss_target)
                 self.scaler.scale(loss / self.accum_steps if self.accum_steps > 1 else loss).backward()
             self.train_metrics.update(loss.detach(), output.detach(), target)
             recent_losses.append(loss.detach())
@@ -105,13 +111,15 @@ class Trainer(BaseTrainer):
 
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
+            if self.ema is not None and self.ema.validate_both:  # the raw weights too, as "raw_val_*"
+                log |= {f"raw_{key}": value for key, value in self._valid_epoch(epoch, raw=True).items()}
             log |= self._valid_epoch(epoch)
         if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
             if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.lr_scheduler.step(log[self.monitor_key or "loss"])
             else:
                 self.lr_scheduler.step()
-        return log | {"lr": lr}
+        return log | lrs
 
     def _optimizer_step(self) -> None:
         if self.grad_clip_norm is not None:
@@ -119,6 +127,8 @@ class Trainer(BaseTrainer):
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         if self.lr_scheduler is not None and self.scheduler_interval == "step":
@@ -145,11 +155,16 @@ class Trainer(BaseTrainer):
         self.recorder.log_step_loss(mean_loss, self.global_step)
         return stop_signal
 
-    def _valid_epoch(self, epoch: int) -> dict:
-        """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}."""
+    def _valid_epoch(self, epoch: int, raw: bool = False) -> dict:
+        """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}.
+
+        With trainer.ema on, the EMA weights are validated (the model's own weights with ``raw``).
+        """
         # The plain model: validation needs no gradient sync, and each process has its own share.
         model = self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) \
             else self.model
+        if self.ema is not None and not raw:
+            model = self.ema.module
         model.eval()
         self.valid_metrics.reset()
         confusion = None
