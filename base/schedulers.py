@@ -46,7 +46,7 @@ def build_lr_scheduler(config, optimizer: torch.optim.Optimizer, steps_per_epoch
     warmup = spec.get("warmup")
     if not warmup:
         return main
-    if "steps" in warmup:
+    if warmup.get("steps") is not None:
         length = warmup["steps"]
     else:
         length = warmup["epochs"] * (steps_per_epoch if spec.get("interval", "epoch") == "step" else 1)

@@ -210,7 +210,7 @@ def validate(config) -> dict:
     for name, schema in SECTIONS.items():
         resolved[name] = check_section(name, resolved[name], schema)
     for name in COMPONENT_SECTIONS:
-        check_component(name, resolved[name])
+        check_component(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
     _check_training_recipe(resolved)
     if not isinstance(resolved["loss"], str):
         check_component("loss", resolved["loss"])
