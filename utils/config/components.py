@@ -137,7 +137,7 @@ def is_transform_list(key: str, value) -> bool:
     return key.endswith("transform") and isinstance(value, list)
 
 
-def call(obj, name: str, *args, **kwargs):
+def call(obj, name: str, /, *args, **kwargs):
     """Call a constructor; an error it raises from its arguments becomes a ConfigError naming the section.
 
     Examples:
