@@ -51,4 +51,7 @@ def build_lr_scheduler(config, optimizer: torch.optim.Optimizer, steps_per_epoch
     else:
         length = warmup["epochs"] * (steps_per_epoch if spec.get("interval", "epoch") == "step" else 1)
     linear = schedulers.LinearLR(optimizer, start_factor=warmup.get("start_factor", 0.01), total_iters=length)
+    if isinstance(main, schedulers.SequentialLR):  # SequentialLR cannot hold one: join the two sequences
+        milestones = [length] + [length + milestone for milestone in main._milestones]
+        return schedulers.SequentialLR(optimizer, [linear, *main._schedulers], milestones=milestones)
     return schedulers.SequentialLR(optimizer, [linear, main], milestones=[length])

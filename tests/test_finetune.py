@@ -181,3 +181,76 @@ def test_group_lrs_follow_warmup_and_schedule_whatever_the_accumulation(tmp_path
     for step, (head, default) in enumerate(trace):
         assert head == pytest.approx(expected_lr(0.01, step), rel=1e-9, abs=1e-15)
         assert default == pytest.approx(expected_lr(0.001, step), rel=1e-9, abs=1e-15)
+
+
+def optimizer_for(model, **optimizer) -> torch.optim.Optimizer:
+    from base.param_groups import build_optimizer
+
+    return build_optimizer({"optimizer": {"type": "AdamW", "args": {"lr": 0.001, "weight_decay": 0.05}} | optimizer},
+                           model)
+
+
+def group_of(optimizer, param) -> dict:
+    (group,) = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+    return group
+
+
+def test_param_groups_first_match_wins_and_norms_and_biases_get_no_decay():
+    from model.model import ResNet
+
+    model = ResNet([1, 1], widths=[8, 16], num_classes=10, in_channels=1)
+    optimizer = optimizer_for(model, param_groups=[{"match": "head", "name": "head", "lr": 0.01},
+                                                   {"match": "head|stem", "name": "stem", "lr": 0.002}])
+    named = dict(model.named_parameters())
+    expected = {"head.3.weight": ("head", 0.01, 0.05), "head.3.bias": ("head", 0.01, 0.0),
+                "stem.0.weight": ("stem", 0.002, 0.05), "stem.1.weight": ("stem", 0.002, 0.0),
+                "stages.0.residual.0.0.weight": ("default", 0.001, 0.05),
+                "stages.0.residual.0.1.bias": ("default", 0.001, 0.0)}
+    for name, (group_name, lr, decay) in expected.items():
+        group = group_of(optimizer, named[name])
+        assert (group["name"], group["lr"], group["weight_decay"]) == (group_name, lr, decay), name
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(named)
+    everything = optimizer_for(model, no_decay_norm_and_bias=False)
+    assert [g["weight_decay"] for g in everything.param_groups] == [0.05]
+
+
+def test_layer_decay_scales_each_group_as_timm_does():
+    import timm.optim
+
+    from model.model import TimmModel
+
+    model = TimmModel("test_vit", num_classes=10)
+    optimizer = optimizer_for(model, layer_decay=0.7)
+    reference = timm.optim.param_groups_layer_decay(model.model, weight_decay=0.05, layer_decay=0.7)
+    assert len({g["lr_scale"] for g in reference}) > 3
+    for group in reference:
+        for param in group["params"]:
+            ours = group_of(optimizer, param)
+            assert ours["lr"] == pytest.approx(0.001 * group["lr_scale"], rel=1e-12)
+            assert ours["weight_decay"] == group["weight_decay"]
+
+
+def lr_trace(spec: dict, steps: int = 7) -> list[float]:
+    from base.schedulers import build_lr_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_lr_scheduler({"lr_scheduler": spec}, optimizer, steps_per_epoch=5)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_nested_schedulers_and_epoch_warmup_are_built():
+    constant_then_exponential = {"type": "SequentialLR", "args": {"milestones": [2], "schedulers": [
+        {"type": "ConstantLR", "args": {"factor": 0.1, "total_iters": 2}},
+        {"type": "ExponentialLR", "args": {"gamma": 0.9}}]}}
+    warmed = constant_then_exponential | {"warmup": {"epochs": 2, "start_factor": 0.2}}
+    # 2 warmup epochs from 0.2 to 1, then 0.1 for 2 epochs, then 0.9 ** k
+    assert lr_trace(warmed) == pytest.approx([0.2, 0.6, 0.1, 0.1, 1.0, 0.9, 0.81], rel=1e-9)
+    chained = {"type": "ChainedScheduler", "args": {"schedulers": [
+        {"type": "ExponentialLR", "args": {"gamma": 0.5}},
+        {"type": "ConstantLR", "args": {"factor": 0.1, "total_iters": 2}}]}}
+    assert lr_trace(chained) == pytest.approx([0.5 ** k * (0.1 if k < 2 else 1) for k in range(7)], rel=1e-9)

@@ -217,3 +217,6 @@ def check_scheduler(where: str, spec: dict) -> None:
         for i, entry in enumerate(inner):
             config_schema.check_component(f"{where}.args.schedulers.{i}", entry)
             check_scheduler(f"{where}.args.schedulers.{i}", entry)
+            if obj.__name__ == "SequentialLR" and entry["type"] in ("SequentialLR", "ChainedScheduler"):
+                raise ConfigError(f"{where}.args.schedulers.{i}", f"torch's SequentialLR cannot hold a {entry['type']}"
+                                                                  "; list its schedulers in this SequentialLR instead")

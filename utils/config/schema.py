@@ -252,9 +252,9 @@ def _check_training_recipe(resolved: dict) -> None:
     if warmup["steps"] is not None and scheduler["interval"] != "step":
         raise ConfigError("lr_scheduler.warmup.steps", 'counts optimizer steps: set "interval": "step", or '
                                                        'give "epochs"')
-    if scheduler["type"] == "ReduceLROnPlateau":
-        raise ConfigError("lr_scheduler.warmup", "ReduceLROnPlateau cannot follow a warmup (torch's SequentialLR "
-                                                 "does not take it); use another scheduler")
+    if scheduler["type"] in ("ReduceLROnPlateau", "ChainedScheduler"):
+        raise ConfigError("lr_scheduler.warmup", f"torch's SequentialLR cannot put a warmup in front of a "
+                                                 f"{scheduler['type']}; use another scheduler")
 
 
 def metric_names(config: dict) -> list[str]:
