@@ -72,7 +72,7 @@ def check_one_batch(trainer) -> torch.Tensor:
             tracker = MetricTracker(trainer.metric_fns)
             tracker.update(loss, output, target)
             tracker.result(sync=False)
-        if trainer.mixup is not None:
+        if getattr(trainer, "mixup", None) is not None:
             with blame("loss", "fails on the soft targets (class probabilities) of trainer.mixup"):
                 trainer.criterion(output, trainer.mixup(data, target, 1, 0)[1])
     model.train(was_training)

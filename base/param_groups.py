@@ -115,9 +115,12 @@ def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The learning rates to log: ``lr`` (the first group) and, with several groups, ``lr_<name>`` each."""
+    """The learning rates to log: ``lr`` (the first group) and, with groups of several names, ``lr_<name>`` each.
+
+    (Groups that differ only in weight decay share their name and their rate.)
+    """
     lrs = {"lr": optimizer.param_groups[0]["lr"]}
-    if len(optimizer.param_groups) > 1:
-        for i, group in enumerate(optimizer.param_groups):
-            lrs.setdefault(f"lr_{group.get('name', i)}", group["lr"])
-    return lrs
+    named = {}
+    for i, group in enumerate(optimizer.param_groups):
+        named.setdefault(f"lr_{group.get('name', i)}", group["lr"])
+    return lrs | named if len(named) > 1 else lrs
