@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights
+from base.ema import model_weights
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
 from trainer.predict import predict, score, write_predictions
@@ -65,14 +66,17 @@ def test_loader(config: ConfigParser, split: str):
 
 
 def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch.device,
-               own_arch: bool) -> torch.nn.Module:
-    """The model of a checkpoint, built from its own arch section or from the config's."""
+               own_arch: bool, use_ema: bool = True) -> torch.nn.Module:
+    """The model of a checkpoint, built from its own arch section or from the config's.
+
+    A checkpoint of a run with trainer.ema gives its EMA weights, unless ``use_ema`` is False.
+    """
     arch = checkpoint["config"]["arch"] if own_arch else config["arch"]
     if checkpoint["arch"] != arch["type"]:
         raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch is "
                                          f"{arch['type']}")
     model = call(resolve(section_module("arch"), arch["type"], "arch.type"), "arch", **arch.get("args", {}))
-    load_model_weights(model, checkpoint["state_dict"], path)
+    load_model_weights(model, model_weights(checkpoint, use_ema), path)
     model = model.to(device)
     if config["trainer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -88,6 +92,8 @@ def command_line() -> ArgumentParser:
     parser.add_argument("--split", choices=["test", "valid"], help="sets inference.split")
     parser.add_argument("--bs", "--batch_size", type=int, help="batch size (sets data_loader.args.batch_size)")
     parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="predict with the model's own weights, not the EMA weights of a trainer.ema run")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value")
     return parser
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     device, _ = prepare_device(config["n_gpu"])
     # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
     own_arch = args.config is None and not any(key.lstrip("+").startswith("arch.") for key in modification)
-    models = [load_model(config, checkpoint, path, device, own_arch) for checkpoint, path in zip(checkpoints, paths)]
+    models = [load_model(config, checkpoint, path, device, own_arch, use_ema=not args.no_ema)
+              for checkpoint, path in zip(checkpoints, paths)]
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
     dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")

@@ -16,6 +16,7 @@ import torch
 from base import dist
 from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
 from base.class_weights import resolve_loss_args
+from base.ema import model_weights
 from base.seeding import configure_determinism, seed_everything
 from base.splits import describe_folds, group_folds
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
@@ -85,7 +86,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
 
     best_path = best_or_last(fold_dir)
     checkpoint = load_checkpoint(best_path)
-    load_model_weights(trainer.raw_model, checkpoint["state_dict"], best_path)
+    load_model_weights(trainer.raw_model, model_weights(checkpoint), best_path)  # EMA weights with trainer.ema
     outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
     # Under DDP each process predicted its own share of the held-out part: gather them.
     shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))

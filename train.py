@@ -4,12 +4,16 @@
     python train.py -r saved/Digits_ResNet/20261127_101500         # continue an interrupted run
     torchrun --nproc_per_node=2 train.py -c config.json            # DistributedDataParallel
 """
+import math
+
 import torch
 
 from base import dist
 from base.checkpoint import load_checkpoint, read_resume_checkpoint
 from base.class_weights import resolve_loss_args
 from base.metric_tracker import MetricTracker
+from base.param_groups import build_optimizer
+from base.schedulers import build_lr_scheduler
 from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
@@ -39,11 +43,9 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
                                   config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
     criterion = config.init_ftn("loss", **loss_args)
     metrics = config.init_metrics()
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = config.init_obj("optimizer", None, trainable_params)
-    lr_scheduler = None
-    if "lr_scheduler" in config:
-        lr_scheduler = config.init_obj("lr_scheduler", None, optimizer)
+    optimizer = build_optimizer(config, model)  # parameter groups: base/param_groups.py
+    steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
+    lr_scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch)  # warmup: base/schedulers.py
 
     trainer_class = config.lookup("trainer")
     trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
@@ -84,6 +86,9 @@ def check_one_batch(trainer) -> torch.Tensor:
             tracker = MetricTracker(trainer.metric_fns)
             tracker.update(loss, output, target)
             tracker.result(sync=False)
+        if getattr(trainer, "mixup", None) is not None:
+            with blame("loss", "fails on the soft targets (class probabilities) of trainer.mixup"):
+                trainer.criterion(output, trainer.mixup(data, target, 1, 0)[1])
     model.train(was_training)
     return data
 

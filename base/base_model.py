@@ -23,10 +23,31 @@ class BaseModel(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return total, trainable
 
+    def head_names(self) -> list[str]:
+        """Names of the submodules that form the classifier head, e.g. ``["fc"]``.
+
+        The head is what ``trainer.freeze_backbone_epochs`` trains alone and what ``--dry-run`` counts
+        apart from the backbone. Empty (the default): the model does not say.
+        """
+        return []
+
+    def layer_ids(self) -> dict[str, int] | None:
+        """Each parameter's depth, 0 at the input, for ``optimizer.layer_decay``; None: not supported."""
+        return None
+
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters of the head (see ``head_names``), by name."""
+        prefixes = tuple(f"{name}." for name in self.head_names())
+        return {name: p for name, p in self.named_parameters() if prefixes and name.startswith(prefixes)}
+
     def summary(self, example_input: torch.Tensor | None = None) -> str:
         """The module tree, the parameter counts and, given an example batch, the output shape."""
         total, trainable = self.parameter_counts()
         lines = [super().__str__(), f"Parameters: {total:,} ({trainable:,} trainable)"]
+        head = sum(p.numel() for p in self.head_parameters().values())
+        if head:
+            lines.append(f"Backbone parameters: {total - head:,}, head parameters: {head:,} "
+                         f"({', '.join(self.head_names())})")
         if example_input is not None:
             was_training = self.training
             self.eval()

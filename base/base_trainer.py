@@ -10,6 +10,9 @@ import torch
 
 from base import dist
 from base.checkpoint import FORMAT_VERSION, CheckpointWriter, load_model_weights, strip_module_prefix
+from base.ema import ModelEma
+from base.freezing import BackboneFreezer, rewrap_ddp
+from base.param_groups import group_lrs
 from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
 from utils.cli import on_stop_signals
@@ -43,6 +46,10 @@ class BaseTrainer:
         self.device = device
         self.raw_model = model
         self.model = self._wrap_model(model, options, device_ids or [])
+        # Fine-tuning: the backbone frozen for the first epochs, and an EMA of the weights (off by default).
+        self.freezer = BackboneFreezer(self.raw_model, options["freeze_backbone_epochs"])
+        self.ema = ModelEma(self.raw_model, **options["ema"]) if options["ema"] is not None else None
+        self._raw_validation = False  # True while validating the raw weights beside the EMA (ema.validate_both)
         self.criterion, self.metric_fns, self.optimizer = criterion, metric_fns, optimizer
         self.lr_scheduler = lr_scheduler
         self.scheduler_interval = (config["lr_scheduler"] or {}).get("interval", "epoch")
@@ -92,7 +99,11 @@ class BaseTrainer:
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """The model validation calls: the plain one (each DDP process validates its own share, no sync)."""
+        """The model validation calls: the EMA of the weights when ``trainer.ema`` is on (unless the raw
+        weights are being validated), else the plain model (each DDP process validates its own share).
+        """
+        if self.ema is not None and not self._raw_validation:
+            return self.ema.module
         return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -125,10 +136,12 @@ class BaseTrainer:
         try:
             with self._stop_on_signals():
                 for epoch in range(self.start_epoch, self.epochs + 1):
+                    if self.freezer.set_epoch(epoch):
+                        self.model = rewrap_ddp(self.model)
                     self.epoch_started = time.perf_counter() - self.resume_state.pop("epoch_time", 0.0)
-                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
+                    lrs = group_lrs(self.optimizer)  # the rates this epoch starts with: "lr", "lr_<group>"
                     log = {"epoch": epoch, **self._train_epoch(epoch)}
-                    log.setdefault("lr", lr)
+                    log |= {key: value for key, value in lrs.items() if key not in log}
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
                     self._step_epoch_scheduler(log)
                     improved, stop_early = self._update_monitor(log)
@@ -219,6 +232,7 @@ class BaseTrainer:
             "classes": [str(name) for name in self.classes] if self.classes is not None else None,
             "loss_args": self.loss_args,
             "epoch_state": self._epoch_state() if batches_done else {},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def _epoch_state(self) -> dict:
@@ -259,6 +273,10 @@ class BaseTrainer:
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.load_state_dict(checkpoint["ema"])
+        elif self.ema is not None:
+            logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
         self.start_epoch = checkpoint["epoch"] + 1
         self.resume_batches = checkpoint["batches_done"]
         self.resume_state = dict(checkpoint["epoch_state"])

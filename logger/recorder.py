@@ -16,6 +16,10 @@ def tensorboard_tag(key: str) -> str:
     """Group train and validation curves of a metric together: "val_accuracy" -> "accuracy/val"."""
     if key == "lr":
         return "lr"
+    if key.startswith("lr_"):  # the rate of each parameter group
+        return f"lr/{key[3:]}"
+    if key.startswith("raw_val_"):  # trainer.ema.validate_both: the weights without EMA
+        return f"{key[8:]}/val_raw"
     if key == "epoch_time":
         return "time/epoch_seconds"
     return f"{key[4:]}/val" if key.startswith("val_") else f"{key}/train"

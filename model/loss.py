@@ -1,7 +1,9 @@
 """Losses, selected in the config by name (``"loss": "cross_entropy"``) or with arguments
 (``"loss": {"type": "focal_loss", "args": {"gamma": 2.0}}``).
 
-Each takes the model's output and the targets and returns the mean over the batch's samples.
+Each takes the model's output and the targets and returns the mean over the batch's samples. The
+targets are class indices, or class probabilities of shape (batch, classes): the soft targets of
+``trainer.mixup``.
 The models here return logits; ``nll_loss`` is for models that return log-probabilities.
 
 ``class_weights`` is a list (one weight per class) or ``"balanced"``: the training code replaces
@@ -33,6 +35,8 @@ def _class_weight_tensor(weights, output: torch.Tensor) -> torch.Tensor | None:
 
 def nll_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of ``output`` given as log-probabilities (e.g. ``log_softmax``)."""
+    if target.is_floating_point():  # class probabilities
+        return -(target * output).sum(1).mean()
     return F.nll_loss(output, target)
 
 
@@ -63,7 +67,13 @@ def focal_loss(
     if alpha is not None and class_weights is not None:
         raise ValueError("class_weights: give alpha or class_weights, not both")
     alpha = _class_weight_tensor(class_weights if class_weights is not None else alpha, output)
-    log_prob = F.log_softmax(output.float(), dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    log_probs = F.log_softmax(output.float(), dim=1)
+    if target.is_floating_point():  # class probabilities: the focal term of every class, weighted by them
+        loss = -target * (1 - log_probs.exp()) ** gamma * log_probs
+        if alpha is not None:
+            loss = loss * alpha.to(loss.dtype)
+        return loss.sum(1).mean()
+    log_prob = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     loss = -((1 - log_prob.exp()) ** gamma) * log_prob
     if alpha is not None:
         loss = loss * alpha.to(loss.dtype)[target]

@@ -6,7 +6,9 @@ import torch
 import torch.nn as nn
 
 from base.base_model import BaseModel
+from base.pretrained import load_matching, read_weights_file
 from model.blocks import BasicBlock, Bottleneck
+from utils.errors import ConfigError
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
@@ -75,6 +77,9 @@ class ResNet(BaseModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
 
+    def head_names(self) -> list[str]:
+        return ["head"]
+
 
 class MLP(BaseModel):
     """A multi-layer perceptron for tabular data.
@@ -94,3 +99,102 @@ class MLP(BaseModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1))
+
+
+class TimmModel(BaseModel):
+    """Any of timm's image models, for fine-tuning (https://huggingface.co/docs/timm).
+
+    Args:
+        model_name: a name of ``timm.list_models()``, e.g. "resnet18", "convnext_atto", "vit_small_patch16_224".
+        num_classes: size of the new classifier head.
+        pretrained: timm's own weights, downloaded once to its cache (needs the internet the first time).
+        weights_file: a local .safetensors, .pth or .bin file of the model's weights (read tensors only);
+            tensors of another shape (the head for 1000 ImageNet classes) keep their fresh values.
+        in_chans: input channels; with a weights file for 3, the first convolution is adapted as timm does.
+        drop_rate, drop_path_rate, kwargs: passed to ``timm.create_model``.
+
+    Examples:
+        >>> TimmModel("resnet18", num_classes=10, weights_file="weights/resnet18.a1_in1k.safetensors")
+    """
+
+    def __init__(self, model_name: str, num_classes: int, pretrained: bool = False, weights_file: str | None = None,
+                 in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0, **kwargs):
+        super().__init__()
+        import timm
+
+        if not timm.is_model(model_name):
+            raise ConfigError("arch.args.model_name", f"{model_name!r} is not a timm model; see timm.list_models()")
+        try:
+            self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes,
+                                           in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                                           **kwargs)
+        except OSError as error:
+            raise ConfigError("arch.args.pretrained", f"cannot get timm's pretrained weights of {model_name} "
+                                                      f"(offline, and not in the cache: {str(error)[:80]}); "
+                                                      "download them once and set arch.args.weights_file") from None
+        if weights_file is not None:
+            weights = read_weights_file(weights_file)
+            first_conv = f"{self.model.pretrained_cfg.get('first_conv')}.weight"
+            if first_conv in weights and weights[first_conv].shape[1] != in_chans:
+                weights[first_conv] = timm.models.adapt_input_conv(in_chans, weights[first_conv])
+            load_matching(self.model, weights, weights_file)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def head_names(self) -> list[str]:
+        classifier = self.model.pretrained_cfg.get("classifier") or []
+        return [f"model.{name}" for name in ([classifier] if isinstance(classifier, str) else classifier)]
+
+    def layer_ids(self) -> dict[str, int]:
+        """timm's own layer grouping (``group_matcher``): 0 is the stem, the head is the last layer."""
+        from timm.models import group_parameters
+
+        layers = group_parameters(self.model, self.model.group_matcher(coarse=False), reverse=True)
+        last = max(layers.values()) + 1 if layers else 0
+        return {f"model.{name}": layers.get(name, last) for name, _ in self.model.named_parameters()}
+
+
+class TorchvisionModel(BaseModel):
+    """One of torchvision's classification models, its head replaced to fit ``num_classes``.
+
+    Args:
+        name: a name of ``torchvision.models.list_models()``, e.g. "resnet50", "efficientnet_b0".
+        num_classes: size of the new head (the model's last linear layer).
+        pretrained: torchvision's default weights, downloaded once to torch's cache.
+        weights_file: a local .pth or .safetensors file of the model's weights (read tensors only).
+        kwargs: passed to ``torchvision.models.get_model``.
+
+    Examples:
+        >>> TorchvisionModel("resnet50", num_classes=5, weights_file="weights/resnet50.pth")
+    """
+
+    def __init__(self, name: str, num_classes: int, pretrained: bool = False, weights_file: str | None = None,
+                 **kwargs):
+        super().__init__()
+        import torchvision
+
+        if name not in torchvision.models.list_models(torchvision.models):
+            raise ConfigError("arch.args.name", f"{name!r} is not a torchvision classification model; see "
+                                                "torchvision.models.list_models(torchvision.models)")
+        self.model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        self.num_classes = num_classes
+        if pretrained:
+            try:
+                weights = torchvision.models.get_model_weights(name).DEFAULT.get_state_dict(progress=False)
+            except OSError as error:
+                raise ConfigError("arch.args.pretrained", f"cannot download torchvision's weights of {name} "
+                                                          f"({str(error)[:80]}); download them once and set "
+                                                          "arch.args.weights_file") from None
+            load_matching(self.model, weights, f"torchvision's {name} weights")
+        if weights_file is not None:
+            load_matching(self.model, read_weights_file(weights_file), weights_file)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def head_names(self) -> list[str]:
+        """The last layer that outputs num_classes values: the replaced head."""
+        heads = [name for name, module in self.model.named_modules()
+                 if getattr(module, "out_features", getattr(module, "out_channels", None)) == self.num_classes]
+        return [f"model.{heads[-1]}"] if heads else []

@@ -70,7 +70,8 @@ def test_readme_command(command, tmp_path, capsys):
             assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("path", ["config.json", "configs/iris_mlp.json", "configs/image_folder.json"])
+@pytest.mark.parametrize("path", ["config.json", "configs/iris_mlp.json", "configs/image_folder.json",
+                                  "configs/finetune_timm.json"])
 def test_example_configs_are_valid(path, tmp_path):
     from config_parser import ConfigParser
 

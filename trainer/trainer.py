@@ -8,6 +8,7 @@ from base import dist
 from base.base_metric import confusion_matrix
 from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
+from base.mixup import build_mixer
 from logger.class_balance import report_class_balance
 from logger.visualization import confusion_matrix_image, input_grid
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
@@ -55,6 +56,7 @@ class Trainer(BaseTrainer):
         self.classes = getattr(data_loader.dataset, "classes", None)
         self.train_metrics = MetricTracker(metric_fns)
         self.valid_metrics = MetricTracker(metric_fns)
+        self.mixup = build_mixer(config, dist.get_rank())  # MixUp / CutMix of training batches, or None
         if self.monitor_key and self.monitor_key.startswith("val_") and valid_data_loader is None:
             raise ConfigError("trainer.monitor", f"{self.monitor_key!r} needs a validation split, but "
                                                  "data_loader.args.validation_split is 0")
@@ -98,6 +100,7 @@ class Trainer(BaseTrainer):
         and the learning rate the epoch trained with.
         """
         self.model.train()
+        self.freezer.freeze_norms()  # BatchNorm of a frozen backbone stays in eval mode
         self.data_loader.set_epoch(epoch)
         first_batch, self.resume_batches = self.resume_batches, 0
         self.train_metrics.reset()
@@ -110,14 +113,16 @@ class Trainer(BaseTrainer):
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
             data, target = self._to_device(data), self._to_device(target)
-            if self.record_images and self.global_step == 0 and batch_idx == 0 and is_image_batch(data):
-                self.recorder.tensorboard.add_image("inputs/train_batch", input_grid(data), 0)
+            # MixUp / CutMix: mixed inputs and soft targets for the step; the metrics keep the hard labels.
+            inputs, step_target = self.mixup(data, target, epoch, batch_idx) if self.mixup else (data, target)
+            if self.record_images and self.global_step == 0 and batch_idx == 0 and is_image_batch(inputs):
+                self.recorder.tensorboard.add_image("inputs/train_batch", input_grid(inputs), 0)
             step_now = (batch_idx + 1) % self.accum_steps == 0 or batch_idx + 1 == batches
             # Between optimizer steps DDP need not average gradients: no_sync skips that communication.
             sync = step_now or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.model.no_sync():
                 with self._autocast():
-                    loss, output = self._train_step(data, target)
+                    loss, output = self._train_step(inputs, step_target)
                 self.scaler.scale(loss / self.accum_steps if self.accum_steps > 1 else loss).backward()
             self.train_metrics.update(loss.detach(), output.detach(), target)
             recent_losses.append(loss.detach())
@@ -137,6 +142,8 @@ class Trainer(BaseTrainer):
 
         log = self.train_metrics.result()
         if self.valid_data_loader is not None:
+            if self.ema is not None and self.ema.validate_both:  # the raw weights too, as "raw_val_*"
+                log |= {f"raw_{key}": value for key, value in self._valid_epoch(epoch, raw=True).items()}
             log |= self._valid_epoch(epoch)
         return log
 
@@ -146,6 +153,8 @@ class Trainer(BaseTrainer):
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         if self.lr_scheduler is not None and self.scheduler_interval == "step":
@@ -169,9 +178,13 @@ class Trainer(BaseTrainer):
         self.recorder.log_step_loss(mean_loss, self.global_step)
         return int(stop_signal)
 
-    def _valid_epoch(self, epoch: int) -> dict:
-        """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}."""
+    def _valid_epoch(self, epoch: int, raw: bool = False) -> dict:
+        """Validate on every sample of the validation split; returns {"val_loss": ..., "val_<metric>": ...}.
+
+        With trainer.ema on, the EMA weights are validated (the model's own weights with ``raw``).
+        """
         # The plain model: validation needs no gradient sync, and each process has its own share.
+        self._raw_validation = raw
         self.eval_model.eval()
         self.valid_metrics.reset()
         confusion = None

@@ -137,7 +137,7 @@ def is_transform_list(key: str, value) -> bool:
     return key.endswith("transform") and isinstance(value, list)
 
 
-def call(obj, name: str, *args, **kwargs):
+def call(obj, name: str, /, *args, **kwargs):
     """Call a constructor; an error it raises from its arguments becomes a ConfigError naming the section.
 
     Examples:
@@ -192,7 +192,7 @@ def check_all(config: dict) -> None:
     for section in ("arch", "dataset", "data_loader", "optimizer", "loss"):
         check_component(section, config[section], section)
     if config["lr_scheduler"] is not None:
-        check_component("lr_scheduler", config["lr_scheduler"], "lr_scheduler")
+        check_scheduler("lr_scheduler", config["lr_scheduler"])
     for i, entry in enumerate(config["metrics"]):
         check_component(f"metrics.{i}", entry, "metrics")
     resolve(section_module("trainer"), config["trainer"]["type"], "trainer.type")
@@ -202,3 +202,21 @@ def check_all(config: dict) -> None:
             check_component(f"inference.{section}", inference[section], section)
     for i, entry in enumerate(inference["tta"]):
         check_component(f"inference.tta.{i}", entry, "transforms")
+
+
+def check_scheduler(where: str, spec: dict) -> None:
+    """A scheduler and the ones nested in its ``args.schedulers`` (SequentialLR, ChainedScheduler)."""
+    obj = resolve(section_module("lr_scheduler"), spec["type"], f"{where}.type")
+    # ChainedScheduler takes the schedulers first and the optimizer as a keyword.
+    check_args(where, obj, spec.get("args", {}), "" if obj.__name__ == "ChainedScheduler" else "lr_scheduler")
+    inner = spec.get("args", {}).get("schedulers")
+    if inner is not None:
+        if not isinstance(inner, list) or not inner:
+            raise ConfigError(f"{where}.args.schedulers", f'must be a list of {{"type": NAME, "args": {{...}}}}, '
+                                                          f"got {inner!r}")
+        for i, entry in enumerate(inner):
+            config_schema.check_component(f"{where}.args.schedulers.{i}", entry)
+            check_scheduler(f"{where}.args.schedulers.{i}", entry)
+            if obj.__name__ == "SequentialLR" and entry["type"] in ("SequentialLR", "ChainedScheduler"):
+                raise ConfigError(f"{where}.args.schedulers.{i}", f"torch's SequentialLR cannot hold a {entry['type']}"
+                                                                  "; list its schedulers in this SequentialLR instead")

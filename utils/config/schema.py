@@ -30,6 +30,10 @@ def _non_negative(value):
     return None if value >= 0 else "must be 0 or more"
 
 
+def _fraction(value):
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
 def _one_of(*choices):
     return lambda value: None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
 
@@ -60,6 +64,36 @@ TRAINER = {
     "compile": Field((bool,), False),
     "channels_last": Field((bool,), False),
     "sync_batchnorm": Field((bool,), False),
+    "freeze_backbone_epochs": Field((int,), 0, _non_negative),
+    "ema": Field((dict, NONE), None),
+    "mixup": Field((dict, NONE), None),
+}
+EMA = {
+    "decay": Field((float,), 0.9998, lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
+    "warmup": Field((bool,), False),
+    "validate_both": Field((bool,), False),
+}
+MIXUP = {
+    "mixup_alpha": Field((float,), 0.8, _non_negative),
+    "cutmix_alpha": Field((float,), 1.0, _non_negative),
+    "prob": Field((float,), 1.0, _fraction),
+    "switch_prob": Field((float,), 0.5, _fraction),
+    "off_epoch": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
+    "label_smoothing": Field((float,), 0.1, _fraction),
+}
+OPTIMIZER = {  # beside "type" and "args"
+    "param_groups": Field((list,), []),
+    "no_decay_norm_and_bias": Field((bool,), True),
+    "layer_decay": Field((float, NONE), None, lambda v: None if v is None or 0 < v <= 1 else "must be in (0, 1]"),
+}
+LR_SCHEDULER = {  # beside "type" and "args"
+    "interval": Field((str,), "epoch", _one_of("epoch", "step")),
+    "warmup": Field((dict, NONE), None),
+}
+WARMUP = {
+    "epochs": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
+    "steps": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
+    "start_factor": Field((float,), 0.01, lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
 }
 WANDB = {
     "enabled": Field((bool,), False),
@@ -177,12 +211,8 @@ def validate(config) -> dict:
     for name, schema in SECTIONS.items():
         resolved[name] = check_section(name, resolved[name], schema)
     for name in COMPONENT_SECTIONS:
-        check_component(name, resolved[name])
-    if resolved["lr_scheduler"] is not None:
-        check_component("lr_scheduler", resolved["lr_scheduler"], extra_keys=("interval",))
-        interval = resolved["lr_scheduler"].get("interval", "epoch")
-        if interval not in ("epoch", "step"):
-            raise ConfigError("lr_scheduler.interval", f"must be 'epoch' or 'step', got {interval!r}")
+        check_component(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
+    _check_training_recipe(resolved)
     if not isinstance(resolved["loss"], str):
         check_component("loss", resolved["loss"])
     for i, entry in enumerate(resolved["metrics"]):
@@ -196,6 +226,36 @@ def validate(config) -> dict:
     _check_metric_names(resolved)
     _check_monitor(resolved)
     return resolved
+
+
+def _with_extras(where: str, spec: dict, schema: dict) -> dict:
+    """A component section with extra keys beside type and args: checked, defaults filled in."""
+    check_component(where, spec, extra_keys=tuple(schema))
+    extras = check_section(where, {k: v for k, v in spec.items() if k in schema}, schema)
+    return {k: v for k, v in spec.items() if k not in schema} | extras
+
+
+def _check_training_recipe(resolved: dict) -> None:
+    """The optimizer, scheduler, EMA and MixUp settings (issue 16's fine-tuning recipe)."""
+    resolved["optimizer"] = _with_extras("optimizer", resolved["optimizer"], OPTIMIZER)
+    trainer = resolved["trainer"]
+    for key, schema in (("ema", EMA), ("mixup", MIXUP)):
+        if trainer[key] is not None:
+            trainer[key] = check_section(f"trainer.{key}", trainer[key], schema)
+    if resolved["lr_scheduler"] is None:
+        return
+    scheduler = resolved["lr_scheduler"] = _with_extras("lr_scheduler", resolved["lr_scheduler"], LR_SCHEDULER)
+    if scheduler["warmup"] is None:
+        return
+    warmup = scheduler["warmup"] = check_section("lr_scheduler.warmup", scheduler["warmup"], WARMUP)
+    if (warmup["epochs"] is None) == (warmup["steps"] is None):
+        raise ConfigError("lr_scheduler.warmup", 'give one of "epochs" and "steps", e.g. {"epochs": 2}')
+    if warmup["steps"] is not None and scheduler["interval"] != "step":
+        raise ConfigError("lr_scheduler.warmup.steps", 'counts optimizer steps: set "interval": "step", or '
+                                                       'give "epochs"')
+    if scheduler["type"] in ("ReduceLROnPlateau", "ChainedScheduler"):
+        raise ConfigError("lr_scheduler.warmup", f"torch's SequentialLR cannot put a warmup in front of a "
+                                                 f"{scheduler['type']}; use another scheduler")
 
 
 def metric_names(config: dict) -> list[str]:
