@@ -17,7 +17,7 @@ from utils.cli import ArgumentParser
 from utils.config import components
 from utils.config import schema as config_schema
 from utils.config.overrides import apply_modifications, parse_overrides
-from utils.config.runs import check_writable, new_run_dir, resolve_resume
+from utils.config.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
 from utils.errors import ConfigError
 from utils.util import read_json, write_json
 
@@ -82,6 +82,7 @@ class ConfigParser:
         self.run_dir = Path(run_dir) if run_dir else None
         self.run_id = run_id
         self.dry_run = dry_run
+        self._run_lock = None  # the open lock file of the run directory, from start_run()
         if run_id is not None:
             config_schema.check_path_part("--run-id", run_id)
         check_writable(Path(self["trainer"]["save_dir"]))
@@ -105,6 +106,8 @@ class ConfigParser:
         resume = run_dir = None
         if getattr(args, "resume", None):
             resume, run_dir, config = resolve_resume(args.resume, args.config, modification, kfold)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock
+                check_run_dir_free(run_dir)
         elif args.config is None:
             raise ConfigError("command line", "give a config file with -c config.json, or a run to resume with -r")
         else:
@@ -136,17 +139,25 @@ class ConfigParser:
         from base.checkpoint import clean_temp_files
         from base.dist import broadcast_object, is_main_process
 
-        if is_main_process():
+        problem = None
+        if is_main_process():  # one holder of the lock per directory: rank 0
             try:
                 if self.run_dir is None:
                     self.run_dir = new_run_dir(self.runs_dir, self.run_id)
                 else:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
-                    clean_temp_files(self.run_dir)
+                self._run_lock = lock_run_dir(self.run_dir)  # before anything in it is touched
+                clean_temp_files(self.run_dir)
                 write_json(self._config, self.run_dir / "config.json")
             except OSError as error:
-                raise ConfigError("trainer.save_dir", f"cannot create the run directory: {error}") from None
-        self.run_dir = Path(broadcast_object(str(self.run_dir)))
+                problem = ConfigError("trainer.save_dir", f"cannot create the run directory: {error}")
+            except ConfigError as error:
+                problem = error
+        # Every rank learns the directory, or the error: none is left waiting for the others.
+        run_dir, problem = broadcast_object((str(self.run_dir), problem and (problem.where, problem.what)))
+        if problem:
+            raise ConfigError(*problem)
+        self.run_dir = Path(run_dir)
         setup_logging(self.run_dir, self["trainer"]["verbosity"], is_main_process())
         return self.run_dir
 

@@ -227,8 +227,10 @@ class BaseTrainer:
             links.append(self.run_dir / f"checkpoint-epoch{epoch}.pth")
         if best:
             links.append(self.run_dir / "model_best.pth")
-            logger.info("saving model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
         self.checkpoint_writer.save(state, self.run_dir / "last.pth", links)
+        if best:  # wait for the disk: "saved" is logged only once it is true, and a failed write stops here
+            self.checkpoint_writer.wait()
+            logger.info("saved model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
 
     def _resume_checkpoint(self, path: Path) -> None:
         path = Path(path)
