@@ -70,6 +70,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     fold_config = ConfigParser(config.config | {"seed": fold_seed}, run_dir=fold_dir,
                                resume=fold_dir if resumable else None,
                                modification={"+data_loader.args.validation_split": held_out.tolist()})
+    fold_config.parent = config  # the k-fold run's config.json records resume changes with the fold's
     seed_everything(fold_seed)  # every fold starts from its own seed: nothing carries over
     trainer = build_trainer(fold_config, dataset=train_dataset)
     check_one_batch(trainer)

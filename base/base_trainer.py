@@ -17,6 +17,7 @@ from base.checkpoint import (
     load_checkpoint,
     strip_module_prefix,
 )
+from base.resume_changes import apply_resume_changes
 from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
@@ -228,8 +229,10 @@ class BaseTrainer:
         if best:
             links.append(self.run_dir / "model_best.pth")
         self.checkpoint_writer.save(state, self.run_dir / "last.pth", links)
-        if best:  # wait for the disk: "saved" is logged only once it is true, and a failed write stops here
+        if best or self.config.unsaved_changes:  # wait for the disk: a failed write stops here
             self.checkpoint_writer.wait()
+            self.config.save_config()  # resume changes reach config.json once a checkpoint holds them
+        if best:
             logger.info("saved model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
 
     def _resume_checkpoint(self, path: Path) -> None:
@@ -246,6 +249,8 @@ class BaseTrainer:
         if self.lr_scheduler is not None and checkpoint["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
+        apply_resume_changes(checkpoint["config"], self.config, self.optimizer, self.lr_scheduler,
+                             epoch=checkpoint["epoch"] + 1)
         self.start_epoch = checkpoint["epoch"] + 1
         self.resume_batches = checkpoint["batches_done"]
         self.resume_state = dict(checkpoint["epoch_state"])

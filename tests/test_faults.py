@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from base.checkpoint import load_checkpoint
+from config_parser import ConfigParser, training_arguments
 from tests.conftest import REPO, make_config, run_dirs, run_script
 from utils.config.runs import lock_run_dir
 from utils.errors import ConfigError
@@ -27,9 +28,11 @@ def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> s
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory):
-    """A finished 1-epoch run of the tiny digits config (a checkpoint of about 100 KB)."""
+    """A finished 1-epoch run of the tiny digits config with a StepLR schedule (a checkpoint of about 100 KB)."""
     folder = tmp_path_factory.mktemp("one_epoch")
-    run_script("train.py", "-c", str(make_config(folder, **{"trainer.epochs": 1})), check=True)
+    scheduler = {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}
+    run_script("train.py", "-c", str(make_config(folder, **{"trainer.epochs": 1, "lr_scheduler": scheduler})),
+               check=True)
     return run_dirs(folder)[0]
 
 
@@ -86,3 +89,30 @@ def test_a_checkpoint_write_failure_is_one_error_line_and_the_previous_checkpoin
     # The override of the failed resume was not made permanent: config.json is the run's own.
     config = json.loads((run / "config.json").read_text())
     assert config["optimizer"]["args"]["lr"] == 0.01 and not config["resume_history"]
+
+
+def test_resume_with_a_new_lr_and_gamma_trains_with_them_and_records_the_change(run):
+    result = run_script("train.py", "-r", str(run), "trainer.epochs=2", "--lr", "0.05",
+                        "lr_scheduler.args.gamma=0.1", check=True)
+    assert "optimizer.args.lr changed at epoch 2: 0.01 -> 0.05" in result.stdout + result.stderr
+    lrs = pd.read_csv(run / "metrics.csv")["lr"].tolist()
+    assert lrs == [0.01, 0.05]  # without the change epoch 2 would train at 0.005
+    checkpoint = load_checkpoint(run / "last.pth")
+    assert checkpoint["lr_scheduler"]["gamma"] == 0.1 and checkpoint["lr_scheduler"]["base_lrs"] == [0.05]
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005)  # stepped with the new gamma
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer"]["args"]["lr"] == 0.05
+    assert config["resume_history"] == [{"epoch": 2, "changes": {
+        "optimizer.args.lr": {"from": 0.01, "to": 0.05}, "lr_scheduler.args.gamma": {"from": 0.5, "to": 0.1},
+        "trainer.epochs": {"from": 1, "to": 2}}}]
+    assert checkpoint["config"] == config  # still a config the schema accepts, and the checkpoint's
+
+
+@pytest.mark.parametrize("change", ["seed=2", "data_loader.args.validation_split=0.3", "arch.args.widths=[8,8]"])
+def test_a_change_of_what_the_finished_epochs_meant_is_refused(run, change):
+    with pytest.raises(ConfigError, match=f"^{change.split('=')[0]}: cannot change when resuming.*--finetune"):
+        ConfigParser.from_args(training_arguments("", ""), argv=["-r", str(run), change])
+
+
+def test_a_refused_resume_change_is_one_error_line(run):
+    assert_one_error_line(run_script("train.py", "-r", str(run), "seed=5"), "seed", "new run", "--finetune")

@@ -41,6 +41,12 @@ def _monitor(value):
     return "must be 'off', 'min <metric>' or 'max <metric>', e.g. 'max val_accuracy'"
 
 
+def _history(value):
+    if all(isinstance(entry, dict) and isinstance(entry.get("changes"), dict) for entry in value):
+        return None
+    return 'must be a list of {"epoch": N, "changes": {...}}, as resuming writes it'
+
+
 NONE = type(None)
 
 TRAINER = {
@@ -98,6 +104,7 @@ TOP_LEVEL = {
     "wandb": Field((dict,), {}),
     "kfold": Field((dict,), {}),
     "inference": Field((dict,), {}),
+    "resume_history": Field((list,), [], _history),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE}
 
