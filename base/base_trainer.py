@@ -123,10 +123,11 @@ class BaseTrainer:
                     log = {"epoch": epoch, **self._train_epoch(epoch)}
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
                     improved, stop_early = self._update_monitor(log)
-                    self._after_epoch(log, improved, final=stop_early or epoch == self.epochs)
                     # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
                     self.recorder.log_epoch(log, self.global_step, self.samples_per_epoch)
                     self._save_checkpoint(epoch, log, best=improved)
+                    # Pictures last: whatever they cost, the epoch's row and checkpoint are already written.
+                    self._after_epoch(log, improved, final=stop_early or epoch == self.epochs)
                     stop_signal = self._agreed_stop_signal()
                     if stop_signal:
                         raise TrainingInterrupted(stop_signal, self.resume_command)
@@ -143,7 +144,11 @@ class BaseTrainer:
         return log
 
     def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
-        """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely."""
+        """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely.
+
+        It runs after the epoch's metrics row and checkpoint are written (the checkpoint maybe still
+        in the background: ``self.checkpoint_writer.wait()`` makes sure), so it cannot lose the epoch.
+        """
 
     def _update_monitor(self, log: dict) -> tuple[bool, bool]:
         """(improved, stop early): rank 0 decides, so every process stops at the same epoch."""

@@ -8,7 +8,7 @@ from base import dist
 from base.base_metric import confusion_matrix
 from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
-from logger.visualization import confusion_matrix_image, input_grid
+from logger.visualization import input_grid, record_confusion_matrix
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 
 
@@ -31,6 +31,7 @@ class Trainer(BaseTrainer):
         self.channels_last = options["channels_last"]
         self.progress_bar = options["progress_bar"] and dist.is_main_process()
         self.record_images = options["tensorboard"]  # the confusion matrix and a grid of inputs
+        self.confusion_max_classes = options["confusion_max_classes"]
         self.valid_confusion = None
         self.best_confusion = (0, None)
         self.samples_per_epoch = len(data_loader.train_indices)
@@ -177,10 +178,11 @@ class Trainer(BaseTrainer):
             dataset = getattr(self.valid_data_loader.dataset, "dataset", self.valid_data_loader.dataset)
             classes = getattr(dataset, "classes", None)
             last = (self.global_step, self.valid_confusion)
+            self.checkpoint_writer.wait()  # the final checkpoint is on disk before any picture is drawn
             for tag, (step, matrix) in (("best", self.best_confusion), ("last", last)):
                 if matrix is not None:
-                    self.recorder.tensorboard.add_image(f"val/confusion_matrix_{tag}",
-                                                        confusion_matrix_image(matrix.cpu().numpy(), classes), step)
+                    record_confusion_matrix(self.recorder.tensorboard, f"val/confusion_matrix_{tag}",
+                                            matrix.cpu().numpy(), classes, step, self.confusion_max_classes)
 
     def _epoch_state(self) -> dict:
         return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict(),

@@ -58,6 +58,7 @@ TRAINER = {
     "monitor": Field((str,), "min val_loss", _monitor),
     "early_stop": Field((int,), 0, _non_negative),
     "tensorboard": Field((bool,), True),
+    "confusion_max_classes": Field((int,), 50, _non_negative),
     "log_step": Field((int,), 10, _positive),
     "progress_bar": Field((bool,), True),
     "amp": Field((bool, str), False, _one_of(False, "bf16", "fp16")),
