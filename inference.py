@@ -22,7 +22,7 @@ from base.checkpoint import fold_dirs, load_checkpoint, strip_module_prefix
 from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
-from trainer.predict import predict, write_predictions
+from trainer.predict import predict_to_csv, stop_on_signals
 from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module
 from utils.errors import CheckpointError, ConfigError, DataError
@@ -93,6 +93,29 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     return model
 
 
+def predict_and_score(config: ConfigParser, models: list, loader, dataset, output: Path, classes, device) -> None:
+    """Stream the predictions to ``output``; with labels, print and log the loss and the metrics."""
+    tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["trainer"]["amp"])
+    data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
+    indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
+    ids = [dataset.sample_id(int(i)) for i in indices]
+    targets = [dataset.targets[int(i)] for i in indices] if dataset.targets else []
+    criterion = config.init_ftn("loss", module_loss)
+    tracker = MetricTracker(config.init_metrics(module_metric)) if targets and min(targets) >= 0 else None
+
+    def score(outputs, batch_targets):  # exact over samples: the tracker weights each batch by its size
+        tracker.update(criterion(outputs, batch_targets), outputs, batch_targets)
+
+    with stop_on_signals(output), blame(data_section, "cannot predict on this data"):
+        predict_to_csv(output, models, loader, ids, device, classes, labelled=bool(targets) and max(targets) >= 0,
+                       on_batch=score if tracker else None, progress=config["trainer"]["progress_bar"],
+                       amp_dtype=amp_dtype, tta=tta, channels_last=config["trainer"]["channels_last"])
+    logger.info("wrote %s", output)
+    if tracker is not None:
+        logger.info("  ".join(f"{key} {value:.6f}" for key, value in tracker.result().items()))
+
+
 def command_line() -> ArgumentParser:
     parser = ArgumentParser(description="Predict with a trained model or an ensemble of them.")
     parser.add_argument("-r", "--resume", action="append", required=True, metavar="CKPT",
@@ -144,21 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("predicting %d samples (%s data) with %d checkpoint(s): %s", len(loader.dataset),
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
-    tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config["trainer"]["amp"])
-    data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
-    with blame(data_section, "cannot predict on this data"):
-        outputs, targets = predict(models, loader, device, amp_dtype, tta, config["trainer"]["channels_last"])
-
-    indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
-    classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
-    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
-    logger.info("wrote %s", output)
-    if bool((targets >= 0).all()):
-        criterion = config.init_ftn("loss", module_loss)
-        tracker = MetricTracker(config.init_metrics(module_metric))
-        tracker.update(criterion(outputs, targets), outputs, targets)
-        logger.info("  ".join(f"{key} {value:.6f}" for key, value in tracker.result().items()))
+    predict_and_score(config, models, loader, dataset, output, model_classes or dataset.classes, device)
 
 
 def _default_output(resume: Path) -> Path:
