@@ -21,7 +21,7 @@ from base.seeding import configure_determinism, seed_everything
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
-from trainer.predict import predict, write_predictions
+from trainer.predict import write_held_out_predictions
 from utils.cli import interrupt_on_signals, run_cli
 from utils.config.components import section_module
 from utils.errors import ConfigError
@@ -84,17 +84,13 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     best_path = fold_dir / ("model_best.pth" if trainer.monitor_mode != "off" else "last.pth")
     checkpoint = load_checkpoint(best_path, map_location=trainer.device)
     trainer.raw_model.load_state_dict(checkpoint["state_dict"])
-    outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
-    # Under DDP each process predicted its own share of the held-out part: gather them.
-    shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))
+    write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
+                               held_out, train_dataset, trainer.device, trainer.amp_dtype, trainer.progress_bar)
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
         row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]
     row |= {key: value for key, value in checkpoint["metrics"].items() if key.startswith("val_")}
     if dist.is_main_process():
-        ids = [train_dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
-        write_predictions(fold_dir / "oof_predictions.csv", ids, torch.cat([s[1] for s in shards]),
-                          torch.cat([s[2] for s in shards]), train_dataset.classes)
         (fold_dir / "fold_result.json").write_text(json.dumps(row, indent=4))
     dist.barrier()
     return row

@@ -124,6 +124,30 @@ def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, 
     return done
 
 
+def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader, held_out: Sequence[int], dataset,
+                               device: torch.device, amp_dtype=None, progress: bool = False) -> None:
+    """k-fold: predict a fold's held-out samples (``loader``, in ``held_out`` order) into ``path``.
+
+    One process streams the rows to disk. Under DDP each process predicts its share, keeping only
+    compact per-batch arrays, and the main process writes them all.
+    """
+    from base import dist
+
+    if not dist.is_distributed():
+        ids = [dataset.sample_id(int(i)) for i in held_out]
+        predict_to_csv(path, [model], loader, ids, device, dataset.classes, progress=progress, amp_dtype=amp_dtype,
+                       desc="out-of-fold")
+        return
+    batches = [(output.cpu(), target.cpu()) for output, target in
+               predict_batches([model], loader, device, amp_dtype, progress=progress, desc="out-of-fold")]
+    share = held_out[dist.get_rank()::dist.get_world_size()]
+    shards = dist.gather_objects((share, torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])))
+    if dist.is_main_process():
+        ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
+        write_predictions(path, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
+                          dataset.classes)
+
+
 @contextmanager
 def stop_on_signals(output: str | Path):
     """Ctrl-C and SIGTERM stop the prediction at once with one line (exit 130 / 143), leaving no partial file."""

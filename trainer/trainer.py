@@ -155,7 +155,8 @@ class Trainer(BaseTrainer):
         self.valid_metrics.reset()
         confusion = None
         with torch.inference_mode():
-            for data, target in self.valid_data_loader:
+            for data, target in tqdm(self.valid_data_loader, desc=f"validating {epoch}", disable=not self.progress_bar,
+                                     leave=False, dynamic_ncols=True):
                 data, target = self._to_device(data), target.to(self.device, non_blocking=True)
                 with self._autocast():
                     output = model(data)
