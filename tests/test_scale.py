@@ -51,3 +51,44 @@ def test_a_failure_to_draw_is_a_warning_and_the_last_epoch_is_kept(tmp_path, mon
     assert "could not record val/confusion_matrix_last: MemoryError" in printed.out + printed.err
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]
     assert load_checkpoint(run / "last.pth")["epoch"] == 2
+
+
+def test_inference_streams_rows_and_sigterm_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import inference
+    import trainer.predict as predict_module
+
+    config = make_config(tmp_path, **{"trainer.epochs": 1})
+    try:
+        run_cli(lambda: train_script.main(["-c", str(config)]))
+    finally:
+        logging.getLogger().handlers.clear()
+    (run,) = run_dirs(tmp_path)
+    output = tmp_path / "predictions.csv"
+    output.write_text("id,prediction\n0,1\n")  # an earlier run's file
+    rows_seen = []
+    original_write = predict_module.PredictionWriter.write
+
+    def write_then_stop(writer, ids, outputs, targets=None):
+        original_write(writer, ids, outputs, targets)
+        writer.file.flush()
+        rows_seen.append(len(pd.read_csv(writer.temp)))
+        if len(rows_seen) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a scheduler would, in the middle
+
+    monkeypatch.setattr(predict_module.PredictionWriter, "write", write_then_stop)
+    with_exit = None
+    try:
+        run_cli(lambda: inference.main(["--resume", str(run / "model_best.pth"), "--output", str(output),
+                                        "--bs", "16"]))
+    except SystemExit as stop:
+        with_exit = stop.code
+    finally:
+        logging.getLogger().handlers.clear()
+    assert rows_seen == [16, 32, 48]  # rows reach the disk batch by batch: nothing piles up in memory
+    assert with_exit == 143
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "stopped by SIGTERM" in err[0] and "was not written" in err[0], err
+    assert output.read_text() == "id,prediction\n0,1\n" and not list(tmp_path.glob("*.tmp"))
