@@ -17,7 +17,7 @@ from utils.cli import ArgumentParser
 from utils.config import components
 from utils.config import schema as config_schema
 from utils.config.overrides import apply_modifications, parse_overrides
-from utils.config.runs import check_writable, new_run_dir, resolve_resume
+from utils.config.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
 from utils.errors import ConfigError
 from utils.util import read_json, write_json
 
@@ -84,6 +84,9 @@ class ConfigParser:
         self.run_dir = Path(run_dir) if run_dir else None
         self.run_id = run_id
         self.dry_run = dry_run
+        self._run_lock = None  # the open lock file of the run directory, from start_run()
+        self._unsaved_changes = False  # resume changes not yet in config.json (see record_resume)
+        self.parent: ConfigParser | None = None  # a k-fold fold's: the k-fold run's config
         if run_id is not None:
             config_schema.check_path_part("--run-id", run_id)
         check_writable(Path(self["trainer"]["save_dir"]))
@@ -107,15 +110,31 @@ class ConfigParser:
         resume = run_dir = None
         if getattr(args, "resume", None):
             resume, run_dir, config = resolve_resume(args.resume, args.config, modification, kfold)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock
+                check_run_dir_free(run_dir)
         elif args.config is None:
             raise ConfigError("command line", "give a config file with -c config.json, or a run to resume with -r")
         else:
             config = read_json(args.config)
         if getattr(args, "finetune", None) and resume:
             raise ConfigError("command line", "use either -r (continue a run) or --finetune (start a new one)")
-        return cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),
-                   run_dir=run_dir, finetune=getattr(args, "finetune", None),
-                   dry_run=getattr(args, "dry_run", False))
+        parsed = cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),
+                     run_dir=run_dir, finetune=getattr(args, "finetune", None),
+                     dry_run=getattr(args, "dry_run", False))
+        if resume:
+            parsed._check_resume_changes(kfold)
+        return parsed
+
+    def _check_resume_changes(self, kfold: bool) -> None:
+        """Refuse now, before anything is built, a change that resuming cannot honour (the trainer
+        applies the others to the restored optimizer); a k-fold run records its changes here."""
+        from base.resume_changes import check_resume_changes, config_changes, resolved
+
+        saved = self.run_dir / "config.json"
+        changes = config_changes(resolved(read_json(saved)), self._config) if saved.is_file() else {}
+        check_resume_changes(changes)
+        if kfold and changes:
+            self.record_resume(None, changes)
 
     # -- the run directory ---------------------------------------------------------------------
     @property
@@ -138,19 +157,51 @@ class ConfigParser:
         from base.checkpoint import clean_temp_files
         from base.dist import broadcast_object, is_main_process
 
-        if is_main_process():
+        problem = None
+        if is_main_process():  # one holder of the lock per directory: rank 0
             try:
                 if self.run_dir is None:
                     self.run_dir = new_run_dir(self.runs_dir, self.run_id)
                 else:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
-                    clean_temp_files(self.run_dir)
-                write_json(self._config, self.run_dir / "config.json")
+                self._run_lock = lock_run_dir(self.run_dir)  # before anything in it is touched
+                clean_temp_files(self.run_dir)
+                if not self._unsaved_changes:  # else once a checkpoint holds them: see save_config
+                    write_json(self._config, self.run_dir / "config.json")
             except OSError as error:
-                raise ConfigError("trainer.save_dir", f"cannot create the run directory: {error}") from None
-        self.run_dir = Path(broadcast_object(str(self.run_dir)))
+                problem = ConfigError("trainer.save_dir", f"cannot create the run directory: {error}")
+            except ConfigError as error:
+                problem = error
+        # Every rank learns the directory, or the error: none is left waiting for the others.
+        run_dir, problem = broadcast_object((str(self.run_dir), problem and (problem.where, problem.what)))
+        if problem:
+            raise ConfigError(*problem)
+        self.run_dir = Path(run_dir)
         setup_logging(self.run_dir, self["trainer"]["verbosity"], is_main_process())
         return self.run_dir
+
+    def record_resume(self, epoch: int | None, changes: dict) -> None:
+        """Add the changes made on resuming at ``epoch`` to the config's ``resume_history``.
+
+        config.json keeps the run's history: it is rewritten only by ``save_config()``, once the
+        first checkpoint trained with the changes is on disk, so a resume that fails before that
+        (a NaN loss, a crash) leaves the run as it was.
+        """
+        entry = {"epoch": epoch, "changes": changes} if epoch is not None else {"changes": changes}
+        self._config["resume_history"] = [*self._config.get("resume_history", []), entry]
+        self._unsaved_changes = True
+
+    @property
+    def unsaved_changes(self) -> bool:
+        return self._unsaved_changes or (self.parent is not None and self.parent.unsaved_changes)
+
+    def save_config(self) -> None:
+        """Write config.json with the changes recorded since the run started (and the k-fold run's)."""
+        if self._unsaved_changes and self.run_dir is not None:
+            write_json(self._config, self.run_dir / "config.json")
+            self._unsaved_changes = False
+        if self.parent is not None:
+            self.parent.save_config()
 
     # -- building objects ----------------------------------------------------------------------
     def lookup(self, name: str, module: ModuleType | None = None):

@@ -18,7 +18,7 @@ from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model
 from base.ema import model_weights
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
-from trainer.predict import predict, score, write_predictions
+from trainer.predict import Scorer, predict_to_csv, stop_on_signals
 from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module
 from utils.errors import CheckpointError, ConfigError, DataError
@@ -83,6 +83,26 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     return model
 
 
+def predict_and_score(config: ConfigParser, models: list, loader, dataset, output: Path, classes, device,
+                      loss_args: dict | None = None) -> None:
+    """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
+    (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with)."""
+    tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
+    data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
+    indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
+    ids = [dataset.sample_id(int(i)) for i in indices]
+    targets = [dataset.targets[int(i)] for i in indices] if dataset.targets else []
+    scorer = Scorer(config, loss_args) if targets and min(targets) >= 0 else None
+    with stop_on_signals(output), blame(data_section, "cannot predict on this data"):
+        predict_to_csv(output, models, loader, ids, device, classes, labelled=bool(targets) and max(targets) >= 0,
+                       on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
+                       amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,
+                       channels_last=config["trainer"]["channels_last"])
+    logger.info("wrote %s", output)
+    if scorer is not None:
+        logger.info("  ".join(f"{key} {value:.6f}" for key, value in scorer.result().items()))
+
+
 def command_line() -> ArgumentParser:
     parser = ArgumentParser(description="Predict with a trained model or an ensemble of them.")
     parser.add_argument("-r", "--resume", action="append", required=True, metavar="CKPT",
@@ -137,19 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("predicting %d samples (%s data) with %d checkpoint(s): %s", len(loader.dataset),
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
-    tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
-    amp = amp_dtype(config["trainer"]["amp"])
-    data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
-    with blame(data_section, "cannot predict on this data"):
-        outputs, targets = predict(models, loader, device, amp, tta, config["trainer"]["channels_last"])
-
-    indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
-    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
-    logger.info("wrote %s", output)
-    if bool((targets >= 0).all()):
-        results = score(config, outputs, targets, checkpoints[0].get("loss_args"))  # the run's "balanced" weights
-        logger.info("  ".join(f"{key} {value:.6f}" for key, value in results.items()))
+    predict_and_score(config, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"))
 
 
 def _default_output(resume: Path) -> Path:

@@ -22,7 +22,7 @@ from base.splits import describe_folds, group_folds
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
-from trainer.predict import predict, score, write_predictions
+from trainer.predict import score, write_held_out_predictions
 from utils.cli import interrupt_on_signals, run_cli
 from utils.errors import ConfigError
 
@@ -74,6 +74,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     fold_config = ConfigParser(config.config | {"seed": fold_seed}, run_dir=fold_dir,
                                resume=fold_dir if resumable else None,
                                modification={"+data_loader.args.validation_split": held_out.tolist()})
+    fold_config.parent = config  # the k-fold run's config.json records resume changes with the fold's
     seed_everything(fold_seed)  # every fold starts from its own seed: nothing carries over
     trainer = build_trainer(fold_config, dataset=train_dataset)
     check_one_batch(trainer)
@@ -87,17 +88,13 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     best_path = best_or_last(fold_dir)
     checkpoint = load_checkpoint(best_path)
     load_model_weights(trainer.raw_model, model_weights(checkpoint), best_path)  # EMA weights with trainer.ema
-    outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
-    # Under DDP each process predicted its own share of the held-out part: gather them.
-    shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))
+    write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
+                               held_out, train_dataset, trainer.device, trainer.amp_dtype, trainer.progress_bar)
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
         row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]
     row |= {key: value for key, value in checkpoint["metrics"].items() if key.startswith("val_")}
     if dist.is_main_process():
-        ids = [train_dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
-        write_predictions(fold_dir / "oof_predictions.csv", ids, torch.cat([s[1] for s in shards]),
-                          torch.cat([s[2] for s in shards]), train_dataset.classes)
         (fold_dir / "fold_result.json").write_text(json.dumps(row, indent=4))
     dist.barrier()
     return row

@@ -13,6 +13,7 @@ from base.checkpoint import FORMAT_VERSION, CheckpointWriter, load_model_weights
 from base.ema import ModelEma
 from base.freezing import BackboneFreezer, rewrap_ddp
 from base.param_groups import group_lrs
+from base.resume_changes import apply_resume_changes
 from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
 from utils.cli import on_stop_signals
@@ -145,10 +146,11 @@ class BaseTrainer:
                     log["epoch_time"] = time.perf_counter() - self.epoch_started
                     self._step_epoch_scheduler(log)
                     improved, stop_early = self._update_monitor(log)
-                    self._after_epoch(log, improved, final=stop_early or epoch == self.epochs)
                     # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
                     self.recorder.log_epoch(log, self.global_step, self.samples_per_epoch)
                     self._save_checkpoint(epoch, log, best=improved)
+                    # Pictures last: whatever they cost, the epoch's row and checkpoint are already written.
+                    self._after_epoch(log, improved, final=stop_early or epoch == self.epochs)
                     stop_signal = self._agreed_stop_signal()
                     if stop_signal:
                         raise TrainingInterrupted(stop_signal, self.resume_command)
@@ -177,7 +179,11 @@ class BaseTrainer:
         """Record what describes a new run before its first epoch (the Trainer: the class balance)."""
 
     def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
-        """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely."""
+        """Record extra outputs of an epoch (the Trainer draws the confusion matrix). Override freely.
+
+        It runs after the epoch's metrics row and checkpoint are written (the checkpoint maybe still
+        in the background: ``self.checkpoint_writer.wait()`` makes sure), so it cannot lose the epoch.
+        """
 
     def _update_monitor(self, log: dict) -> tuple[bool, bool]:
         """(improved, stop early): rank 0 decides, so every process stops at the same epoch."""
@@ -253,8 +259,12 @@ class BaseTrainer:
             links.append(self.run_dir / f"checkpoint-epoch{epoch}.pth")
         if best:
             links.append(self.run_dir / "model_best.pth")
-            logger.info("saving model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
         self.checkpoint_writer.save(state, self.run_dir / "last.pth", links)
+        if best or self.config.unsaved_changes:  # wait for the disk: a failed write stops here
+            self.checkpoint_writer.wait()
+            self.config.save_config()  # resume changes reach config.json once a checkpoint holds them
+        if best:
+            logger.info("saved model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)
 
     # -- resuming: one call after construction -------------------------------------------------
     def resume(self, checkpoint: dict, path: Path) -> None:
@@ -277,6 +287,8 @@ class BaseTrainer:
             self.ema.load_state_dict(checkpoint["ema"])
         elif self.ema is not None:
             logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
+        apply_resume_changes(checkpoint["config"], self.config, self.optimizer, self.lr_scheduler,
+                             epoch=checkpoint["epoch"] + 1)
         self.start_epoch = checkpoint["epoch"] + 1
         self.resume_batches = checkpoint["batches_done"]
         self.resume_state = dict(checkpoint["epoch_state"])

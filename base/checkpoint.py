@@ -4,6 +4,7 @@ A checkpoint is an ordinary ``torch.save`` file (a zip archive) whose archive co
 SHA-256 of the bytes before it. ``torch.load(path, weights_only=True)`` reads it as usual; this module
 also verifies the checksum, so a truncated or altered file is named instead of silently loaded.
 """
+import errno
 import hashlib
 import io
 import logging
@@ -53,11 +54,15 @@ def write_checkpoint_bytes(data: bytearray, path: str | Path) -> None:
     data += _CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
     path = Path(path)
     temp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk must not stay full of a half-written file
+        raise
 
 
 def link_checkpoint(source: str | Path, target: str | Path) -> None:
@@ -69,10 +74,14 @@ def link_checkpoint(source: str | Path, target: str | Path) -> None:
     temp = target.with_name(target.name + TEMP_SUFFIX)
     temp.unlink(missing_ok=True)
     try:
-        os.link(source, temp)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(source, temp)
-    os.replace(temp, target)
+        try:
+            os.link(source, temp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 class CheckpointWriter:
@@ -80,7 +89,9 @@ class CheckpointWriter:
 
     ``save`` serializes the state before it returns (so training may change the model right away);
     the checksum, the write, the fsync and the renames happen in the background, one save at a time,
-    in order. ``wait()`` finishes the pending save and re-raises its error, if any.
+    in order. ``wait()`` finishes the pending save and re-raises its error, if any: a failed write
+    (a full disk, a file-size limit, an I/O or permission error) is a CheckpointError that says what
+    is still safe on disk, and leaves no temporary file behind.
 
     Examples:
         >>> writer = CheckpointWriter()
@@ -91,17 +102,34 @@ class CheckpointWriter:
     def __init__(self):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._pending: Future | None = None
+        self._written: dict[Path, str] = {}  # file -> what it holds, for the files this writer wrote
 
     def save(self, state: dict, path: str | Path, links: list[Path] = ()) -> None:
         data = serialize(state)
         self.wait()
-        self._pending = self._executor.submit(self._write, data, Path(path), list(links))
+        what = f"epoch {state.get('epoch')}" + (f", batch {state['batches_done']}" if state.get("batches_done") else "")
+        self._pending = self._executor.submit(self._write, data, Path(path), list(links), what)
 
-    @staticmethod
-    def _write(data: bytearray, path: Path, links: list[Path]) -> None:
-        write_checkpoint_bytes(data, path)
-        for link in links:
-            link_checkpoint(path, link)
+    def _write(self, data: bytearray, path: Path, links: list[Path], what: str) -> None:
+        target = path
+        try:
+            write_checkpoint_bytes(data, path)
+            self._written[path] = what
+            for target in links:
+                link_checkpoint(path, target)
+                self._written[target] = what
+        except OSError as error:
+            raise CheckpointError(str(target), self._failure(error, target, what)) from None
+
+    def _failure(self, error: OSError, target: Path, what: str) -> str:
+        """Why the save of ``what`` to ``target`` failed, and what is still safe on disk."""
+        reason = f"{error.strerror or error} ({errno.errorcode.get(error.errno, 'error')})"
+        safe = [f"{path.name} ({held})" for path, held in self._written.items() if path.is_file()]
+        if target.is_file() and target not in self._written:
+            safe.insert(0, f"the previous {target.name}")
+        kept = f"still safe on disk: {', '.join(safe)}" if safe else "no checkpoint of this run is on disk"
+        return f"cannot write the checkpoint of {what}: {reason}; {kept}. Free some space (or fix the folder), " \
+               "then resume"
 
     def wait(self) -> None:
         pending, self._pending = self._pending, None

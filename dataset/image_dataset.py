@@ -1,5 +1,6 @@
 """Image files on disk, labelled by a CSV file or by class sub-folders, or unlabelled."""
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -60,10 +61,10 @@ class ImageDataset(BaseDataset):
         groups = None
         if csv_file is not None:
             self.paths, labels, where, groups = self._from_csv(csv_file, path_column, label_column, group_column)
-        elif any(child.is_dir() for child in self.root.iterdir()):
+        elif _sub_folders(self.root):
             self.paths, labels, where = self._from_folders()
         else:
-            self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            self.paths = image_files(self.root)
             labels, where = None, [str(p) for p in self.paths]
         if not self.paths:
             raise DataError(str(self.root), f"no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -112,10 +113,10 @@ class ImageDataset(BaseDataset):
         return paths, [index_of[name] for name in labels.astype(str)], where, groups
 
     def _from_folders(self):
-        self.classes = sorted(child.name for child in self.root.iterdir() if child.is_dir())
+        self.classes = _sub_folders(self.root)
         paths, labels = [], []
         for label, name in enumerate(self.classes):
-            files = sorted(p for p in (self.root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = image_files(self.root / name)
             paths += files
             labels += [label] * len(files)
         return paths, labels, [str(p) for p in paths]
@@ -169,6 +170,43 @@ class ImageDataset(BaseDataset):
         if not image.is_floating_point():
             image = TF.to_dtype(image, torch.float32, scale=True)
         return image, target
+
+
+def is_junk(name: str) -> bool:
+    """Hidden and tool folders (.ipynb_checkpoints, .git, __MACOSX, __pycache__): never data."""
+    return name.startswith((".", "__"))
+
+
+def _sub_folders(root: Path) -> list[str]:
+    """The names of the sub-folders of ``root`` (symlinked ones too), without the junk ones."""
+    folders = sorted(child.name for child in root.iterdir() if child.is_dir())
+    junk = [name for name in folders if is_junk(name)]
+    if junk:
+        logger.warning("%s: ignoring the folders %s (hidden or tool folders, not data)", root, ", ".join(junk))
+    return [name for name in folders if not is_junk(name)]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, sorted, following symlinked folders as ImageFolder does.
+
+    A folder reached twice (a symlink loop, or two links to one folder) is read once; hidden and
+    tool folders are skipped with a warning.
+    """
+    files, seen, skipped = [], set(), []
+    for here, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            skipped.append(f"{here} (already read as a link)")
+            folders[:] = []
+            continue
+        seen.add(real)
+        skipped += [os.path.join(here, name) for name in folders if is_junk(name)]
+        folders[:] = [name for name in folders if not is_junk(name)]
+        files += [Path(here, name) for name in names
+                  if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".")]
+    if skipped:
+        logger.warning("ignoring %d folder(s) under %s: %s", len(skipped), folder, ", ".join(skipped[:5]))
+    return sorted(files)
 
 
 def _unreadable(path: Path) -> str | None:

@@ -1,5 +1,8 @@
 """TensorBoard event files in ``<run>/tensorboard/``, written only when ``trainer.tensorboard`` is true."""
+import logging
 from pathlib import Path
+
+logger = logging.getLogger("trainer")
 
 
 class TensorboardWriter:
@@ -28,6 +31,10 @@ class TensorboardWriter:
     def add_image(self, tag: str, image, step: int) -> None:
         if self.writer is not None:
             self.writer.add_image(tag, image, step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
 
     def add_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
         if self.writer is not None:
@@ -68,6 +75,35 @@ def confusion_matrix_image(matrix, class_names=None, cell: int = 28):
                 color = "black" if shade > 110 else "white"
                 draw.text((x + 3, y + cell // 3), str(int(matrix[true, pred])), fill=color)
     return np.asarray(image).transpose(2, 0, 1).copy()
+
+
+def record_confusion_matrix(tensorboard: TensorboardWriter, tag: str, matrix, class_names, step: int,
+                            max_classes: int) -> None:
+    """Draw a confusion matrix in TensorBoard, or, above ``max_classes`` classes (an image would be
+    unreadable and huge), log its most confused pairs as text. A failure is a warning, never a lost run."""
+    try:
+        if len(matrix) <= max_classes:
+            tensorboard.add_image(tag, confusion_matrix_image(matrix, class_names), step)
+            return
+        pairs = top_confused_pairs(matrix, class_names)
+        logger.info("%s: %d classes, most confused (true -> predicted: count): %s", tag, len(matrix),
+                    ", ".join(f"{true} -> {pred}: {count}" for true, pred, count in pairs))
+        rows = "\n".join(f"| {true} | {pred} | {count} |" for true, pred, count in pairs)
+        tensorboard.add_text(tag, f"| true | predicted | count |\n|---|---|---|\n{rows}", step)
+    except Exception as error:  # a picture must never cost the run
+        logger.warning("could not record %s: %s: %s", tag, type(error).__name__, error)
+
+
+def top_confused_pairs(matrix, class_names=None, count: int = 10) -> list[tuple[str, str, int]]:
+    """The ``count`` largest off-diagonal cells of a confusion matrix: (true class, predicted class, count)."""
+    import numpy as np
+
+    matrix = np.array(matrix, dtype=np.int64)
+    np.fill_diagonal(matrix, 0)
+    names = [str(name) for name in class_names] if class_names is not None else [str(i) for i in range(len(matrix))]
+    order = np.argsort(matrix, axis=None, kind="stable")[::-1][:count]
+    cells = [np.unravel_index(i, matrix.shape) for i in order]
+    return [(names[t], names[p], int(matrix[t, p])) for t, p in cells if matrix[t, p] > 0]
 
 
 def input_grid(batch, count: int = 64):

@@ -250,3 +250,35 @@ def test_train_py_on_the_image_folder_config(tmp_path):
                                   "lr", "epoch_time"]
     assert len(rows) == 2
     assert set((REPO / "saved" / name).glob("*")) == repo_runs  # nothing written into the repository
+
+
+def test_symlinked_folders_are_followed_once_and_junk_folders_skipped(class_folders, tmp_path, caplog):
+    outside = tmp_path / "more_cats"
+    save_image(outside / "c9.png", 80)
+    (class_folders / "cat" / "linked").symlink_to(outside, target_is_directory=True)
+    (outside / "loop").symlink_to(class_folders / "cat", target_is_directory=True)  # a loop back up
+    save_image(class_folders / "cat" / ".ipynb_checkpoints" / "c0-checkpoint.png", 80)
+    save_image(class_folders / "__MACOSX" / "ant" / "._a0.png", 40)
+    with caplog.at_level("WARNING"):
+        dataset = ImageDataset(str(class_folders))
+    assert dataset.classes == ["ant", "cat", "zebra"]  # __MACOSX is no class
+    names = sorted(p.name for p in dataset.paths)
+    assert names == ["a0.png", "c0.png", "c1.png", "c2.png", "c9.png", "z0.png", "z1.png"]  # c9 once
+    assert "__MACOSX" in caplog.text and ".ipynb_checkpoints" in caplog.text
+
+
+def test_flat_test_folder_with_junk_folders_stays_unlabelled(tmp_path, caplog):
+    root = tmp_path / "test"
+    save_image(root / "a.png", 10)
+    save_image(root / ".ipynb_checkpoints" / "a-checkpoint.png", 10)
+    save_image(root / "__MACOSX" / "._a.png", 10)
+    with caplog.at_level("WARNING"):
+        dataset = ImageDataset(str(root))
+    assert dataset.targets is None and [p.name for p in dataset.paths] == ["a.png"]
+    assert "ignoring" in caplog.text
+
+
+def test_config_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"name": "Bom"}')
+    assert read_json(path) == {"name": "Bom"}

@@ -1,17 +1,27 @@
-"""Predictions of one model or an ensemble, with test-time augmentation, and the predictions CSV."""
-from collections.abc import Callable, Sequence
+"""Predictions of one model or an ensemble, with test-time augmentation, streamed to a CSV file.
+
+The CSV is written batch by batch to a temporary file that is renamed at the end: memory stays flat
+in the number of samples, and an interrupted run leaves no partial file (an older file of the same
+name is left as it was, and the message says it is not this run's).
+"""
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from base.metric_tracker import MetricTracker
+from utils.cli import on_stop_signals
+from utils.errors import PredictionInterrupted
 from utils.util import autocast, to_device
 
 
 @torch.inference_mode()
-def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
-            tta: Sequence[Callable] = (), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model outputs for every sample of ``loader``, in order, and the targets.
+def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
+                    tta: Sequence[Callable] = (), channels_last: bool = False,
+                    progress: bool = False, desc: str = "predicting") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The model outputs and the targets of each batch of ``loader``, in order, with a progress bar.
 
     With one model and no TTA the outputs are the model's own (logits), so losses and metrics
     computed from them equal those of validation. Otherwise they are the log of the class
@@ -20,50 +30,157 @@ def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp
     """
     for model in models:
         model.eval()
-    outputs, targets = [], []
-    for data, target in loader:
-        data = to_device(data, device, channels_last)
-        views = [data, *(transform(data) for transform in tta)]
-        with autocast(device, amp_dtype):
-            if len(models) == 1 and len(views) == 1:
-                output = models[0](data).float()
-            else:
-                probs = [model(view).float().softmax(dim=1) for model in models for view in views]
-                output = torch.stack(probs).mean(dim=0).clamp_min(1e-12).log()
-        outputs.append(output)
-        targets.append(target.to(device))
-    return torch.cat(outputs), torch.cat(targets)
+    samples = len(getattr(loader, "sampler", None) or loader.dataset)
+    with tqdm(total=samples, desc=desc, unit="sample", disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        for data, target in loader:
+            data = to_device(data, device, channels_last)
+            views = [data, *(transform(data) for transform in tta)]
+            with autocast(device, amp_dtype):
+                if len(models) == 1 and len(views) == 1:
+                    output = models[0](data).float()
+                else:
+                    probs = [model(view).float().softmax(dim=1) for model in models for view in views]
+                    output = torch.stack(probs).mean(dim=0).clamp_min(1e-12).log()
+            bar.update(len(target))
+            yield output, target.to(device)
+
+
+def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
+            tta: Sequence[Callable] = (), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every output and target of ``loader`` at once (see ``predict_batches``): for small data."""
+    batches = list(predict_batches(models, loader, device, amp_dtype, tta, channels_last))
+    return torch.cat([output for output, _ in batches]), torch.cat([target for _, target in batches])
+
+
+class PredictionWriter:
+    """Write ``id, prediction, [prediction_name,] [target,] prob_0 ... prob_{C-1}`` (SPEC section 4)
+    batch by batch to ``<path>.tmp``; on leaving the ``with`` block the file is renamed to ``path``,
+    or, after an error or an interruption, removed.
+
+    Examples:
+        >>> with PredictionWriter("predictions.csv", classes=["cat", "dog"], labelled=True) as writer:
+        ...     for ids, outputs, targets in batches:
+        ...         writer.write(ids, outputs, targets)
+    """
+
+    def __init__(self, path: str | Path, classes: Sequence[str] | None = None, labelled: bool = True):
+        self.path = Path(path)
+        self.temp = self.path.with_name(self.path.name + ".tmp")
+        self.classes, self.labelled = classes, labelled
+        self.file = None
+
+    def __enter__(self) -> "PredictionWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.temp, "w", newline="")
+        return self
+
+    def write(self, ids: Sequence, outputs: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        import pandas as pd
+
+        probs = outputs.float().softmax(dim=1).cpu().numpy()
+        prediction = probs.argmax(axis=1)
+        table = {"id": list(ids), "prediction": prediction}
+        if self.classes is not None:
+            table["prediction_name"] = [self.classes[i] for i in prediction]
+        if self.labelled and targets is not None:
+            table["target"] = targets.cpu().numpy()
+        table |= {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
+        pd.DataFrame(table).to_csv(self.file, header=self.file.tell() == 0, index=False)
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        self.file.close()
+        if error_type is None:
+            os.replace(self.temp, self.path)
+        else:
+            self.temp.unlink(missing_ok=True)
 
 
 def write_predictions(path: str | Path, ids: Sequence, outputs: torch.Tensor, targets: torch.Tensor | None = None,
                       classes: Sequence[str] | None = None) -> None:
-    """Write ``id, prediction, [prediction_name,] [target,] prob_0 ... prob_{C-1}`` (SPEC section 4).
+    """Write the predictions CSV of outputs held in memory; ``targets`` is left out when the labels
+    are unknown (None, or every target is -1)."""
+    labelled = targets is not None and bool((targets >= 0).any())
+    with PredictionWriter(path, classes, labelled) as writer:
+        writer.write(ids, outputs, targets)
 
-    ``targets`` is left out when the labels are unknown (None, or every target is -1).
+
+def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, ids: Sequence, device: torch.device,
+                   classes: Sequence[str] | None = None, labelled: bool = True,
+                   on_batch: Callable | None = None, progress: bool = False, **predict_options) -> int:
+    """Predict every sample of ``loader`` and stream the rows to ``path`` (see PredictionWriter).
+
+    ``ids`` are the samples' ids in the loader's order; ``on_batch(outputs, targets)`` sees each
+    batch (to score it). Returns the number of rows written.
     """
-    import pandas as pd
-
-    probs = outputs.float().softmax(dim=1).cpu().numpy()
-    prediction = probs.argmax(axis=1)
-    table = {"id": list(ids), "prediction": prediction}
-    if classes is not None:
-        table["prediction_name"] = [classes[i] for i in prediction]
-    if targets is not None and bool((targets >= 0).any()):
-        table["target"] = targets.cpu().numpy()
-    table |= {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(table).to_csv(path, index=False)
+    done = 0
+    with PredictionWriter(path, classes, labelled) as writer:
+        for outputs, targets in predict_batches(models, loader, device, progress=progress, **predict_options):
+            writer.write(ids[done:done + len(outputs)], outputs, targets)
+            if on_batch is not None:
+                on_batch(outputs, targets)
+            done += len(outputs)
+    return done
 
 
-def score(config, outputs: torch.Tensor, targets: torch.Tensor, loss_args: dict | None = None) -> dict:
-    """The config's loss and metrics over a set of predictions, exact over samples: {"loss": ..., name: ...}.
+def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader, held_out: Sequence[int], dataset,
+                               device: torch.device, amp_dtype=None, progress: bool = False) -> None:
+    """k-fold: predict a fold's held-out samples (``loader``, in ``held_out`` order) into ``path``.
+
+    One process streams the rows to disk. Under DDP each process predicts its share, keeping only
+    compact per-batch arrays, and the main process writes them all.
+    """
+    from base import dist
+
+    if not dist.is_distributed():
+        ids = [dataset.sample_id(int(i)) for i in held_out]
+        predict_to_csv(path, [model], loader, ids, device, dataset.classes, progress=progress, amp_dtype=amp_dtype,
+                       desc="out-of-fold")
+        return
+    batches = [(output.cpu(), target.cpu()) for output, target in
+               predict_batches([model], loader, device, amp_dtype, progress=progress, desc="out-of-fold")]
+    share = held_out[dist.get_rank()::dist.get_world_size()]
+    shards = dist.gather_objects((share, torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])))
+    if dist.is_main_process():
+        ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
+        write_predictions(path, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
+                          dataset.classes)
+
+
+def stop_on_signals(output: str | Path):
+    """Ctrl-C and SIGTERM stop the prediction at once with one line (exit 130 / 143), leaving no partial file."""
+
+    def stop(signum):
+        raise PredictionInterrupted(signum, output)
+
+    return on_stop_signals(stop)
+
+
+class Scorer:
+    """The config's loss and metrics over predictions given batch by batch, exact over samples.
 
     ``loss_args`` replace the config's loss arguments: the checkpoint's "balanced" class weights.
 
     Examples:
-        >>> score(config, *predict([model], loader, device))
+        >>> scorer = Scorer(config)
+        >>> for outputs, targets in predict_batches([model], loader, device):
+        ...     scorer.update(outputs, targets)
+        >>> scorer.result()
         {'loss': 0.05, 'accuracy': 0.986}
     """
-    tracker = MetricTracker(config.init_metrics())
-    tracker.update(config.init_ftn("loss", **(loss_args or {}))(outputs, targets), outputs, targets)
-    return tracker.result(sync=False)
+
+    def __init__(self, config, loss_args: dict | None = None):
+        self.tracker = MetricTracker(config.init_metrics())
+        self.criterion = config.init_ftn("loss", **(loss_args or {}))
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.tracker.update(self.criterion(outputs, targets), outputs, targets)
+
+    def result(self) -> dict:
+        return self.tracker.result(sync=False)
+
+
+def score(config, outputs: torch.Tensor, targets: torch.Tensor, loss_args: dict | None = None) -> dict:
+    """The config's loss and metrics over a set of predictions held in memory (see ``Scorer``)."""
+    scorer = Scorer(config, loss_args)
+    scorer.update(outputs, targets)
+    return scorer.result()

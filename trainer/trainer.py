@@ -10,7 +10,7 @@ from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
 from base.mixup import build_mixer
 from logger.class_balance import report_class_balance
-from logger.visualization import confusion_matrix_image, input_grid
+from logger.visualization import input_grid, record_confusion_matrix
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.util import autocast, is_image_batch, to_device
 
@@ -50,6 +50,7 @@ class Trainer(BaseTrainer):
         self.channels_last = options["channels_last"]
         self.progress_bar = options["progress_bar"] and dist.is_main_process()
         self.record_images = options["tensorboard"]  # the confusion matrix and a grid of inputs
+        self.confusion_max_classes = options["confusion_max_classes"]
         self.valid_confusion = None
         self.best_confusion = (0, None)
         self.samples_per_epoch = len(data_loader.train_indices)
@@ -189,7 +190,8 @@ class Trainer(BaseTrainer):
         self.valid_metrics.reset()
         confusion = None
         with torch.inference_mode():
-            for data, target in self.valid_data_loader:
+            for data, target in tqdm(self.valid_data_loader, desc=f"validating {epoch}", disable=not self.progress_bar,
+                                     leave=False, dynamic_ncols=True):
                 data, target = self._to_device(data), self._to_device(target)
                 with self._autocast():
                     loss, output = self._valid_step(data, target)
@@ -214,10 +216,11 @@ class Trainer(BaseTrainer):
             dataset = getattr(self.valid_data_loader.dataset, "dataset", self.valid_data_loader.dataset)
             classes = getattr(dataset, "classes", None)
             last = (self.global_step, self.valid_confusion)
+            self.checkpoint_writer.wait()  # the final checkpoint is on disk before any picture is drawn
             for tag, (step, matrix) in (("best", self.best_confusion), ("last", last)):
                 if matrix is not None:
-                    self.recorder.tensorboard.add_image(f"val/confusion_matrix_{tag}",
-                                                        confusion_matrix_image(matrix.cpu().numpy(), classes), step)
+                    record_confusion_matrix(self.recorder.tensorboard, f"val/confusion_matrix_{tag}",
+                                            matrix.cpu().numpy(), classes, step, self.confusion_max_classes)
 
     def _epoch_state(self) -> dict:
         return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict(),

@@ -95,7 +95,7 @@ def blame(section: str, what: str):
     """Turn an error of the block into a ConfigError naming the config section to fix."""
     try:
         yield
-    except UserError:
+    except (UserError, TrainingInterrupted):
         raise
     except Exception as error:
         text = str(error).strip()

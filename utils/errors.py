@@ -50,3 +50,13 @@ class TrainingInterrupted(Exception):
         self.resume_command = resume_command
         name = signal.Signals(signum).name
         super().__init__(f"stopped by {name}; resume with: {resume_command}")
+
+
+class PredictionInterrupted(TrainingInterrupted):
+    """Ctrl-C or SIGTERM stopped inference.py before its predictions file was complete."""
+
+    def __init__(self, signum: int, output):
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        Exception.__init__(self, f"stopped by {name}: {output} was not written (no partial file is left; a file "
+                                 "of that name is an earlier run's)")

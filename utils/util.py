@@ -13,10 +13,13 @@ logger = logging.getLogger(__name__)
 
 
 def read_json(path: str | Path) -> dict:
-    """Read a JSON file; a missing file or invalid JSON is a ConfigError with the line and column."""
+    """Read a JSON file; a missing file or invalid JSON is a ConfigError with the line and column.
+
+    A UTF-8 byte-order mark (as Windows Notepad writes) is accepted.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(str(path), "config file not found") from None
     except IsADirectoryError:

@@ -83,3 +83,52 @@ def resolve_resume(target: str, config_path: str | None, modification: dict, kfo
             return path, path.parent, read_json(path.parent / "config.json")
         return path, path.parent, load_checkpoint(path)["config"]
     raise CheckpointError(str(path), "no such checkpoint file or run directory")
+
+
+LOCK_FILE = "run.lock"
+
+
+def lock_run_dir(run_dir: Path):
+    """Lock a run directory for this process's lifetime; returns the open lock file (keep it open).
+
+    An OS file lock (``flock``) on ``<run_dir>/run.lock``, which holds the pid of its holder: the
+    kernel releases it when the process ends, however it ends, so a killed run never leaves a stale
+    lock. A second process on the same directory is refused with a ConfigError naming the holder.
+    """
+    import fcntl
+    import time
+
+    file = open(run_dir / LOCK_FILE, "a+")
+    for _attempt in range(5):  # a moment's retry: check_run_dir_free() holds it for microseconds
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(0.1)
+    else:
+        file.seek(0)
+        holder = file.read().strip() or "unknown"
+        file.close()
+        raise ConfigError(str(run_dir), f"is in use by another process (pid {holder}); wait for it to end "
+                                        "or stop it, or start a new run")
+    file.seek(0)
+    file.truncate()
+    file.write(f"{os.getpid()}\n")
+    file.flush()
+    return file
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """Refuse early (before anything is built) a run directory that another process holds."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return
+    with open(path) as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = file.read().strip() or "unknown"
+            raise ConfigError(str(run_dir), f"is in use by another process (pid {holder}); wait for it to "
+                                            "end or stop it, or start a new run") from None

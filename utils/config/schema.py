@@ -45,6 +45,12 @@ def _monitor(value):
     return "must be 'off', 'min <metric>' or 'max <metric>', e.g. 'max val_accuracy'"
 
 
+def _history(value):
+    if all(isinstance(entry, dict) and isinstance(entry.get("changes"), dict) for entry in value):
+        return None
+    return 'must be a list of {"epoch": N, "changes": {...}}, as resuming writes it'
+
+
 NONE = type(None)
 
 TRAINER = {
@@ -56,6 +62,7 @@ TRAINER = {
     "monitor": Field((str,), "min val_loss", _monitor),
     "early_stop": Field((int,), 0, _non_negative),
     "tensorboard": Field((bool,), True),
+    "confusion_max_classes": Field((int,), 50, _non_negative),
     "log_step": Field((int,), 10, _positive),
     "progress_bar": Field((bool,), True),
     "amp": Field((bool, str), False, _one_of(False, "bf16", "fp16")),
@@ -133,6 +140,7 @@ TOP_LEVEL = {
     "wandb": Field((dict,), {}),
     "kfold": Field((dict,), {}),
     "inference": Field((dict,), {}),
+    "resume_history": Field((list,), [], _history),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE}
 
