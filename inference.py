@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     models = [load_model(config, checkpoint, path, device, own_arch) for checkpoint, path in zip(checkpoints, paths)]
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
-    dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    task = config.init_obj("task")
+    task.check_labels(dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    if Path(args.resume[0]).is_dir():
+        task.load_run(Path(args.resume[0]))  # what k-fold tuned on its OOF predictions (thresholds)
     model_classes = checkpoints[0].get("classes")
     if dataset.targets and dataset.classes and model_classes and list(dataset.classes) != list(model_classes):
         raise DataError("dataset", f"its classes ({', '.join(dataset.classes[:5])}) are not the model's "
@@ -134,14 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     amp = amp_dtype(config["trainer"]["amp"])
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     with blame(data_section, "cannot predict on this data"):
-        outputs, targets = predict(models, loader, device, amp, tta, config["trainer"]["channels_last"])
+        outputs, targets = predict(models, loader, device, amp, tta, config["trainer"]["channels_last"], task)
 
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
-    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs, targets, classes)
+    labelled = dataset.targets is not None and bool(task.known_targets(targets).all())
+    write_predictions(output, [dataset.sample_id(int(i)) for i in indices], outputs,
+                      targets if dataset.targets is not None else None, classes, task)
     logger.info("wrote %s", output)
-    if bool((targets >= 0).all()):
-        logger.info("  ".join(f"{key} {value:.6f}" for key, value in score(config, outputs, targets).items()))
+    if labelled:
+        logger.info("  ".join(f"{key} {value:.6f}" for key, value in score(config, outputs, targets, task).items()))
 
 
 def _default_output(resume: Path) -> Path:

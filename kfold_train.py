@@ -28,12 +28,18 @@ KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "nu
 
 
 def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle: bool, seed: int) -> list:
-    """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold."""
+    """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold.
+
+    ``targets`` are the task's stratification labels (``task.stratify_labels``): one per sample, or a
+    0/1 matrix (multi-label), split with iterative stratification (iterstrat's MultilabelStratifiedKFold).
+    """
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    splitter_class = StratifiedKFold if stratified else KFold
     if stratified and targets is None:
         raise ConfigError("kfold.stratified", "the dataset has no targets to stratify by; set it to false")
+    splitter_class = StratifiedKFold if stratified else KFold
+    if stratified and np.ndim(targets) == 2:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold as splitter_class
     splitter = splitter_class(n_splits=n_splits, shuffle=shuffle, random_state=seed if shuffle else None)
     try:
         return list(splitter.split(np.zeros(n_samples), targets if stratified else None))
@@ -80,7 +86,8 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     best_path = best_or_last(fold_dir)
     checkpoint = load_checkpoint(best_path)
     load_model_weights(trainer.raw_model, checkpoint["state_dict"], best_path)
-    outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype)
+    outputs, targets = predict([trainer.raw_model], trainer.valid_data_loader, trainer.device, trainer.amp_dtype,
+                               task=trainer.task)
     # Under DDP each process predicted its own share of the held-out part: gather them.
     shards = dist.gather_objects((held_out[dist.get_rank()::dist.get_world_size()], outputs.cpu(), targets.cpu()))
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
@@ -90,7 +97,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     if dist.is_main_process():
         ids = [train_dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
         write_predictions(fold_dir / "oof_predictions.csv", ids, torch.cat([s[1] for s in shards]),
-                          torch.cat([s[2] for s in shards]), train_dataset.classes)
+                          torch.cat([s[2] for s in shards]), train_dataset.classes, task=trainer.task)
         (fold_dir / "fold_result.json").write_text(json.dumps(row, indent=4))
     dist.barrier()
     return row
@@ -111,9 +118,10 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
     oof = pd.concat(pd.read_csv(config.run_dir / f"fold_{row['fold']}" / "oof_predictions.csv") for row in rows)
     oof = oof.sort_values("id", kind="stable")
     oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
-    probs = torch.tensor(oof.filter(like="prob_").to_numpy())
-    log_probs, targets = probs.clamp_min(1e-12).log(), torch.tensor(oof["target"].to_numpy())
-    oof_metrics = {f"oof_{key}": value for key, value in score(config, log_probs, targets).items()}
+    task = config.init_obj("task")
+    outputs, targets = task.outputs_from_table(oof)
+    task.fit_oof(outputs, targets, config.run_dir)  # MultiLabel: per-label thresholds, oof_thresholds.json
+    oof_metrics = {f"oof_{key}": value for key, value in score(config, outputs, targets, task).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
     logger.info("out-of-fold, over all %d training samples: %s", len(oof),
                 "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))
@@ -137,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
 
     train_dataset = config.init_obj("dataset")
     options = config["kfold"]
-    folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
+    task = config.init_obj("task")
+    labels = None if train_dataset.targets is None else task.stratify_labels(train_dataset.targets, options["n_bins"])
+    folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
                        options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
     if config.dry_run:
         trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])

@@ -26,14 +26,15 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
-    data_loader.dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
+    task.check_labels(data_loader.dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
     else:
         device, device_ids = prepare_device(config["n_gpu"])
 
-    criterion = config.init_ftn("loss")
-    metrics = config.init_metrics()
+    criterion = task.wrap_loss(config.init_ftn("loss"))
+    metrics = task.wrap_metrics(config.init_metrics())
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = config.init_obj("optimizer", None, trainable_params)
     lr_scheduler = None
@@ -43,7 +44,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     trainer_class = config.lookup("trainer")
     trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
                             data_loader=data_loader, valid_data_loader=valid_data_loader,
-                            lr_scheduler=lr_scheduler, device_ids=device_ids)
+                            lr_scheduler=lr_scheduler, device_ids=device_ids, task=task)
     # Continuing a run, or starting one from another run's weights: one explicit step each.
     if config.resume is not None:
         path, checkpoint = read_resume_checkpoint(config.resume)
@@ -63,7 +64,7 @@ def check_one_batch(trainer) -> torch.Tensor:
         data, target = next(iter(trainer.data_loader))
     model, was_training = trainer.raw_model, trainer.raw_model.training
     model.eval()
-    data, target = to_device(data, trainer.device), to_device(target, trainer.device)
+    data, target = to_device(data, trainer.device), trainer.task.prepare_target(to_device(target, trainer.device))
     with torch.no_grad():
         with blame("arch", f"fails on a batch of shape {tuple(getattr(data, 'shape', ()))}"):
             output = model(data)

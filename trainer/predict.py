@@ -4,20 +4,24 @@ from pathlib import Path
 
 import torch
 
+from base.base_task import BaseTask
 from base.metric_tracker import MetricTracker
 from utils.util import autocast, to_device
 
 
 @torch.inference_mode()
 def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
-            tta: Sequence[Callable] = (), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            tta: Sequence[Callable] = (), channels_last: bool = False,
+            task: BaseTask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model outputs for every sample of ``loader``, in order, and the targets.
 
     With one model and no TTA the outputs are the model's own (logits), so losses and metrics
-    computed from them equal those of validation. Otherwise they are the log of the class
-    probabilities averaged over the models and over the views (the batch itself, then each TTA
-    transform applied to it): a loss like cross-entropy still reads them correctly.
+    computed from them equal those of validation. Otherwise the task combines them (``task.combine``):
+    for classification the log of the class probabilities averaged over the models and over the views
+    (the batch itself, then each TTA transform applied to it), which a loss like cross-entropy still
+    reads correctly; for regression the mean of the values.
     """
+    task = task if task is not None else BaseTask()
     for model in models:
         model.eval()
     outputs, targets = [], []
@@ -25,43 +29,36 @@ def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp
         data = to_device(data, device, channels_last)
         views = [data, *(transform(data) for transform in tta)]
         with autocast(device, amp_dtype):
-            if len(models) == 1 and len(views) == 1:
-                output = models[0](data).float()
-            else:
-                probs = [model(view).float().softmax(dim=1) for model in models for view in views]
-                output = torch.stack(probs).mean(dim=0).clamp_min(1e-12).log()
+            output = task.combine([model(view).float() for model in models for view in views]).float()
         outputs.append(output)
-        targets.append(target.to(device))
+        targets.append(task.prepare_target(to_device(target, device)))
     return torch.cat(outputs), torch.cat(targets)
 
 
 def write_predictions(path: str | Path, ids: Sequence, outputs: torch.Tensor, targets: torch.Tensor | None = None,
-                      classes: Sequence[str] | None = None) -> None:
-    """Write ``id, prediction, [prediction_name,] [target,] prob_0 ... prob_{C-1}`` (SPEC section 4).
+                      classes: Sequence[str] | None = None, task: BaseTask | None = None) -> None:
+    """Write ``id`` and the task's columns: for classification ``prediction, [prediction_name,] [target,]
+    prob_0 ... prob_{C-1}`` (SPEC section 4).
 
     ``targets`` is left out when the labels are unknown (None, or every target is -1).
     """
     import pandas as pd
 
-    probs = outputs.float().softmax(dim=1).cpu().numpy()
-    prediction = probs.argmax(axis=1)
-    table = {"id": list(ids), "prediction": prediction}
-    if classes is not None:
-        table["prediction_name"] = [classes[i] for i in prediction]
-    if targets is not None and bool((targets >= 0).any()):
-        table["target"] = targets.cpu().numpy()
-    table |= {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
+    task = task if task is not None else BaseTask()
+    known = targets is not None and bool(task.known_targets(targets).any())
+    table = {"id": list(ids)} | task.predictions_table(outputs, targets if known else None, classes)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(table).to_csv(path, index=False)
 
 
-def score(config, outputs: torch.Tensor, targets: torch.Tensor) -> dict:
+def score(config, outputs: torch.Tensor, targets: torch.Tensor, task: BaseTask | None = None) -> dict:
     """The config's loss and metrics over a set of predictions, exact over samples: {"loss": ..., name: ...}.
 
     Examples:
         >>> score(config, *predict([model], loader, device))
         {'loss': 0.05, 'accuracy': 0.986}
     """
-    tracker = MetricTracker(config.init_metrics())
-    tracker.update(config.init_ftn("loss")(outputs, targets), outputs, targets)
+    task = task if task is not None else config.init_obj("task")
+    tracker = MetricTracker(task.wrap_metrics(config.init_metrics()))
+    tracker.update(task.wrap_loss(config.init_ftn("loss"))(outputs, targets), outputs, targets)
     return tracker.result(sync=False)
