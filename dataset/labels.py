@@ -29,6 +29,10 @@ def read_labels(table, label_column: str | list[str], where: list[str]) -> tuple
         return labels.tolist(), None
     if pd.api.types.is_numeric_dtype(labels):
         return labels.astype(float).tolist(), None  # regression values
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if numbers.notna().mean() >= 0.5:  # numbers with a few stray words: a broken numeric column
+        row = int(numbers.isna().to_numpy().argmax())
+        raise DataError(where[row], f"label {labels.iloc[row]!r} is not a number (the column holds numbers)")
     text = labels.astype(str).str.strip()
     if text.str.contains(r"\s").any():  # space-separated tags: multi-label
         tags = text.str.split()

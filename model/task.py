@@ -158,7 +158,7 @@ class MultiLabel(BaseTask):
         probs = torch.tensor(table[[f"prob_{n}" for n in names]].to_numpy()).clamp(1e-7, 1 - 1e-7)
         tags = table["target"].fillna("").astype(str).str.split()
         targets = torch.tensor([[float(n in row) for n in names] for row in tags])
-        return (probs.log() - (-probs).log1p()).float(), targets
+        return probs.log() - (-probs).log1p(), targets
 
     def stratify_labels(self, targets, n_bins=10):
         return np.asarray(targets, dtype=np.int64)  # a 0/1 matrix: iterative stratification
@@ -167,7 +167,7 @@ class MultiLabel(BaseTask):
         """One threshold per label, the one that maximizes that label's F1 on the OOF predictions."""
         from sklearn.metrics import precision_recall_curve
 
-        probs, truth = outputs.float().sigmoid().numpy(), targets.numpy() > 0.5
+        probs, truth = outputs.double().sigmoid().numpy(), targets.numpy() > 0.5
         thresholds = []
         for k in range(probs.shape[1]):
             if not truth[:, k].any():
@@ -175,7 +175,10 @@ class MultiLabel(BaseTask):
                 continue
             precision, recall, cuts = precision_recall_curve(truth[:, k], probs[:, k])
             f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-            thresholds.append(float(cuts[int(f1.argmax())]))
+            cut = cuts[int(f1.argmax())]
+            below = probs[:, k][probs[:, k] < cut]
+            # Halfway to the next lower score: the same samples pass, whatever the rounding of the scores.
+            thresholds.append(float((cut + below.max()) / 2 if below.size else cut / 2))
         self.thresholds = thresholds
         (Path(run_dir) / "oof_thresholds.json").write_text(json.dumps(thresholds, indent=4))
 

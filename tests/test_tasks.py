@@ -64,3 +64,143 @@ def test_regression_trains_predicts_and_scores_like_sklearn(tmp_path):
     assert saved["val_rmse"] == pytest.approx(mean_squared_error(table["target"], table["prediction"]) ** 0.5,
                                               rel=1e-4)
     assert saved["val_r2"] == pytest.approx(r2_score(table["target"], table["prediction"]), rel=1e-4)
+
+
+def test_regression_kfold_stratifies_on_quantile_bins_and_ensembles_values(tmp_path):
+    config = regression_config(tmp_path, **{"kfold.n_splits": 3, "kfold.n_bins": 4, "trainer.epochs": 2})
+    kfold_train.main(["-c", str(config)])
+    run = run_dirs(tmp_path, "Task")[0]
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert {"id", "prediction", "target"} <= set(oof.columns) and not oof.filter(like="prob_").columns.size
+    assert sorted(oof["id"]) == list(range(240))
+    # Each fold holds out about a third of every quantile bin of the target.
+    edges = np.quantile(oof["target"], [0.25, 0.5, 0.75])
+    held_out = [pd.read_csv(run / f"fold_{k}" / "oof_predictions.csv")["target"] for k in range(3)]
+    counts = np.array([np.bincount(np.digitize(t, edges), minlength=4) for t in held_out])
+    assert counts.max() - counts.min() <= 2
+    from sklearn.metrics import mean_squared_error
+
+    oof_metrics = json.loads((run / "oof_metrics.json").read_text())
+    assert oof_metrics["oof_rmse"] == pytest.approx(mean_squared_error(oof["target"], oof["prediction"]) ** 0.5,
+                                                    rel=1e-4)
+    inference.main(["--resume", str(run)])
+    predictions = pd.read_csv(run / "predictions.csv")
+    # The ensemble's prediction is the mean of the folds' predictions.
+    singles = []
+    for fold in range(3):
+        inference.main(["--resume", str(run / f"fold_{fold}"), "--output", str(tmp_path / f"p{fold}.csv")])
+        singles.append(pd.read_csv(tmp_path / f"p{fold}.csv")["prediction"].to_numpy())
+    np.testing.assert_allclose(predictions["prediction"], np.mean(singles, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def multilabel_table(path, n=300, labels=4):
+    from sklearn.datasets import make_multilabel_classification
+
+    x, y = make_multilabel_classification(n_samples=n, n_features=6, n_classes=labels, random_state=0)
+    table = pd.DataFrame(x, columns=[f"f{i}" for i in range(6)])
+    names = ["cat", "dog", "owl", "fox"][:labels]
+    table["tags"] = [" ".join(n for n, on in zip(names, row) if on) or "none" for row in y]
+    table.to_csv(path, index=False)
+    return table
+
+
+def multilabel_config(tmp_path, **changes):
+    multilabel_table(tmp_path / "train.csv")
+    config = BASE | {"task": "MultiLabel", "loss": "bce_with_logits",
+                     "metrics": ["MultilabelF1", "subset_accuracy", "mean_average_precision"],
+                     "dataset": {"type": "TableDataset", "args": {"csv_file": str(tmp_path / "train.csv"),
+                                                                  "test_csv_file": str(tmp_path / "train.csv"),
+                                                                  "label_column": "tags"}}}
+    config["arch"] = {"type": "MLP", "args": {"in_features": 6, "num_classes": 5, "hidden": [32]}}
+    return make_config(tmp_path, config, **{"trainer.monitor": "max val_MultilabelF1"} | changes)
+
+
+def test_multilabel_kfold_tunes_thresholds_and_inference_uses_them(tmp_path):
+    config = multilabel_config(tmp_path, **{"kfold.n_splits": 3, "trainer.epochs": 4})
+    kfold_train.main(["-c", str(config)])
+    run = run_dirs(tmp_path, "Task")[0]
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    names = ["cat", "dog", "fox", "none", "owl"]
+    assert [f"prob_{n}" for n in names] == [c for c in oof.columns if c.startswith("prob_")]
+    thresholds = json.loads((run / "oof_thresholds.json").read_text())
+    assert len(thresholds) == 5
+    from sklearn.metrics import f1_score
+
+    truth = np.array([[n in str(t).split() for n in names] for t in oof["target"]])
+    probs = oof[[f"prob_{n}" for n in names]].to_numpy()
+    for k in range(5):  # each threshold is the best one for its label's F1 on the OOF predictions
+        best = f1_score(truth[:, k], probs[:, k] >= thresholds[k])
+        assert all(best >= f1_score(truth[:, k], probs[:, k] >= t) - 1e-9 for t in np.linspace(0.05, 0.95, 19))
+    oof_metrics = json.loads((run / "oof_metrics.json").read_text())
+    tuned = (probs >= np.array(thresholds)).astype(int)
+    assert oof_metrics["oof_MultilabelF1"] == pytest.approx(f1_score(truth, tuned, average="macro"), abs=1e-4)
+
+    inference.main(["--resume", str(run)])
+    predictions = pd.read_csv(run / "predictions.csv")
+    chosen = predictions[[f"prob_{n}" for n in names]].to_numpy() >= np.array(thresholds)
+    expected = [" ".join(n for n, on in zip(names, row) if on) for row in chosen]
+    assert predictions["prediction"].fillna("").tolist() == expected
+
+
+def multihead_config(tmp_path, **changes):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6))
+    table = pd.DataFrame(x, columns=[f"f{i}" for i in range(6)])
+    table["mask"] = np.digitize(x[:, 0], [-0.5, 0.5])
+    table["gender"] = (x[:, 1] > 0).astype(int)
+    table["age"] = np.digitize(x[:, 2] + x[:, 3], [-0.7, 0.7])
+    table.to_csv(tmp_path / "train.csv", index=False)
+    config = BASE | {"task": {"type": "MultiHead", "args": {"heads": {"mask": 3, "gender": 2, "age": 3},
+                                                            "weights": {"age": 2.0}}},
+                     "loss": "cross_entropy", "metrics": ["accuracy", "MacroF1"],
+                     "dataset": {"type": "TableDataset", "args": {"csv_file": str(tmp_path / "train.csv"),
+                                                                  "test_csv_file": str(tmp_path / "train.csv"),
+                                                                  "label_column": ["mask", "gender", "age"]}}}
+    config["arch"] = {"type": "MLP", "args": {"in_features": 6, "num_classes": 8, "hidden": [32]}}
+    return make_config(tmp_path, config, **{"trainer.monitor": "max val_accuracy_age"} | changes)
+
+
+def test_multihead_reports_per_head_and_combined_metrics(tmp_path):
+    config = multihead_config(tmp_path, **{"trainer.epochs": 6})
+    train.main(["-c", str(config)])
+    run = run_dirs(tmp_path, "Task")[0]
+    columns = pd.read_csv(run / "metrics.csv").columns
+    for name in ("accuracy", "accuracy_mask", "accuracy_gender", "accuracy_age", "MacroF1_age"):
+        assert name in columns and f"val_{name}" in columns
+    inference.main(["--resume", str(run / "model_best.pth"), "--split", "valid"])
+    table = pd.read_csv(run / "predictions.csv")
+    assert ["id", "prediction", "target", "prediction_mask", "prediction_gender", "prediction_age"] == list(
+        table.columns[:6])
+    assert [c for c in table.columns if c.startswith("prob_")] == (
+        [f"prob_mask_{k}" for k in range(3)] + ["prob_gender_0", "prob_gender_1"] + [f"prob_age_{k}" for k in range(3)])
+    # The combined class reads the heads as digits: mask·6 + gender·3 + age.
+    combined = table["prediction_mask"] * 6 + table["prediction_gender"] * 3 + table["prediction_age"]
+    assert (table["prediction"] == combined).all()
+    from sklearn.metrics import accuracy_score, f1_score
+
+    saved = torch.load(run / "model_best.pth", weights_only=True)["metrics"]
+    assert saved["val_accuracy"] == pytest.approx(accuracy_score(table["target"], table["prediction"]), abs=1e-6)
+    assert saved["val_accuracy_age"] == pytest.approx(accuracy_score(table["target_age"], table["prediction_age"]),
+                                                      abs=1e-6)
+    assert saved["val_MacroF1_gender"] == pytest.approx(
+        f1_score(table["target_gender"], table["prediction_gender"], average="macro"), abs=1e-6)
+    assert saved["val_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("make, column, value, message", [
+    (regression_config, "y0", "abc", "is not a number"),
+    (multihead_config, "age", 7, "class 7 of head 'age' does not lie in [0, 3)"),
+])
+def test_a_bad_target_is_one_error_line_naming_the_row(tmp_path, capsys, make, column, value, message):
+    config = make(tmp_path)
+    table = pd.read_csv(tmp_path / "train.csv")
+    table[column] = table[column].astype(object)
+    table.loc[5, column] = value
+    table.to_csv(tmp_path / "train.csv", index=False)
+    from utils.cli import run_cli
+
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(lambda: train.main(["-c", str(config)]))
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
