@@ -89,8 +89,8 @@ class MultilabelF1(SumsMetric):
 
 
 def subset_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples whose every label is right (at probability 0.5)."""
-    return ((output > 0) == (target > 0.5)).all(dim=1).float().mean()
+    """Fraction of samples whose every label is right (a label is predicted at probability 0.5 or more)."""
+    return ((output >= 0) == (target > 0.5)).all(dim=1).float().mean()
 
 
 class MeanAveragePrecision(Metric):
