@@ -204,3 +204,41 @@ def test_a_bad_target_is_one_error_line_naming_the_row(tmp_path, capsys, make, c
     assert stopped.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0], error
+
+
+def test_the_readme_task_configs_are_valid(tmp_path):
+    import re
+
+    from config_parser import ConfigParser
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Tasks")[1].split("\n## ")[0]
+    configs = [json.loads("{" + s + "}") for s in re.findall(r"```json\n(.*?)```", section, flags=re.S)]
+    full = [c for c in configs if "name" in c]
+    assert [c["task"] if isinstance(c["task"], str) else c["task"]["type"] for c in full] == [
+        "Regression", "MultiLabel", "MultiHead"]
+    for config in full:
+        ConfigParser(config, modification={"trainer.save_dir": str(tmp_path)})
+
+
+def test_monitor_names_a_task_metric_column(tmp_path):
+    from config_parser import ConfigParser
+    from utils.errors import ConfigError
+
+    config = json.loads(multihead_config(tmp_path).read_text())
+    ConfigParser(config | {"trainer": config["trainer"] | {"monitor": "max val_MacroF1_mask"}})
+    with pytest.raises(ConfigError, match="is not a logged value"):
+        ConfigParser(config | {"trainer": config["trainer"] | {"monitor": "max val_accuracy_height"}})
+
+
+def test_dry_run_and_tensorboard_scatter_for_regression(tmp_path, capsys):
+    config = regression_config(tmp_path, **{"trainer.tensorboard": True, "trainer.epochs": 1})
+    train.main(["-c", str(config), "--dry-run"])
+    assert "dry run" in capsys.readouterr().out and not (tmp_path / "saved").exists()
+    train.main(["-c", str(config)])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dirs(tmp_path, "Task")[0] / "tensorboard"))
+    events.Reload()
+    images = events.Tags()["images"]
+    assert "val/predicted_vs_true_best" in images and not any("confusion" in tag for tag in images)
