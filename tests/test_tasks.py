@@ -242,3 +242,28 @@ def test_dry_run_and_tensorboard_scatter_for_regression(tmp_path, capsys):
     events.Reload()
     images = events.Tags()["images"]
     assert "val/predicted_vs_true_best" in images and not any("confusion" in tag for tag in images)
+
+
+@pytest.mark.slow
+def test_multilabel_metrics_are_exact_under_ddp(tmp_path):
+    """Two gloo processes validate half the samples each; the logged values equal scikit-learn's on all."""
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score
+
+    from tests.test_distributed import torchrun
+
+    config = multilabel_config(tmp_path, **{"trainer.epochs": 1, "data_loader.args.validation_split": 75})
+    torchrun("train.py", "-c", str(config), check=True, timeout=300)
+    run = run_dirs(tmp_path, "Task")[0]
+    inference.main(["--resume", str(run / "last.pth"), "--split", "valid"])
+    table = pd.read_csv(run / "predictions.csv")
+    names = ["cat", "dog", "fox", "none", "owl"]
+    truth = np.array([[n in str(t).split() for n in names] for t in table["target"]]).astype(int)
+    probs = table[[f"prob_{n}" for n in names]].to_numpy()
+    logged = pd.read_csv(run / "metrics.csv").iloc[-1]
+    assert logged["val_MultilabelF1"] == pytest.approx(f1_score(truth, (probs >= 0.5).astype(int), average="macro",
+                                                                zero_division=0), abs=1e-6)
+    assert logged["val_subset_accuracy"] == pytest.approx(accuracy_score(truth, (probs >= 0.5).astype(int)), abs=1e-6)
+    present = truth.sum(axis=0) > 0
+    assert logged["val_mean_average_precision"] == pytest.approx(
+        average_precision_score(truth[:, present], probs[:, present], average="macro"), abs=1e-5)
+
