@@ -116,3 +116,64 @@ def test_regression_stratifies_on_quantile_bins():
     bins = Regression().stratify_labels(values.tolist(), n_bins=10)
     assert sorted(np.unique(bins)) == list(range(10))
     assert np.bincount(bins).min() >= 99  # equal-frequency bins, not equal-width
+
+
+def test_task_metrics_resume_mid_epoch_exactly():
+    """The tracker's state_dict (saved in a mid-epoch checkpoint) continues to the same epoch values."""
+    task = MultiHead({"a": 3, "b": 2})
+    metrics = task.wrap_metrics({"accuracy": module_metric.accuracy, "MacroF1": module_metric.MacroF1()})
+    metrics |= {"map": module_metric.mean_average_precision(), "r2": module_metric.r2()}
+    generator = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(n, 5, generator=generator),
+                torch.stack([torch.randint(0, 3, (n,), generator=generator),
+                             torch.randint(0, 2, (n,), generator=generator)], dim=1)) for n in (8, 8, 5, 8)]
+
+    def update(tracker, part):
+        for output, target in part:
+            tracker.update(torch.tensor(0.5), output, target)
+
+    def run(stop_after=None):
+        tracker = MetricTracker({k: v for k, v in metrics.items() if k not in ("map", "r2")})
+        update(tracker, batches[:stop_after])
+        if stop_after is not None:
+            state = tracker.state_dict()
+            tracker = MetricTracker({k: v for k, v in metrics.items() if k not in ("map", "r2")})
+            tracker.load_state_dict(state, torch.device("cpu"))
+            update(tracker, batches[stop_after:])
+        return tracker.result(sync=False)
+
+    assert run() == run(stop_after=2)
+    values = [(o[:, :2], (t.float() > 0.5).float()) for o, t in batches]
+
+    def plain(metric, stop_after=None):
+        tracker = MetricTracker({"m": metric})
+        for output, target in values[:stop_after]:
+            tracker.update(torch.tensor(0.0), output, target)
+        if stop_after is not None:
+            state = tracker.state_dict()
+            tracker = MetricTracker({"m": metric})
+            tracker.load_state_dict(state, torch.device("cpu"))
+            for output, target in values[stop_after:]:
+                tracker.update(torch.tensor(0.0), output, target)
+        return tracker.result(sync=False)["m"]
+
+    for name in ("map", "r2"):
+        assert plain(metrics[name]) == plain(metrics[name], stop_after=3)
+
+
+def test_label_columns_are_read_per_task(tmp_path):
+    import pandas as pd
+
+    from dataset.labels import read_labels
+    from utils.errors import DataError
+
+    table = pd.DataFrame({"tags": ["cat dog", "owl", "dog"], "price": [1.5, 2.0, 3.25], "a": [0, 1, 2],
+                          "b": [1, 0, 1], "name": ["x", "y", "x"]})
+    where = [f"line {i + 2}" for i in range(3)]
+    assert read_labels(table, "tags", where) == ([[1, 1, 0], [0, 0, 1], [0, 1, 0]], ["cat", "dog", "owl"])
+    assert read_labels(table, "price", where) == ([1.5, 2.0, 3.25], None)
+    assert read_labels(table, ["a", "b"], where) == ([[0, 1], [1, 0], [2, 1]], ["a", "b"])
+    assert read_labels(table, "name", where) == ([0, 1, 0], ["x", "y"])
+    table["price"] = ["1.5", "n/a", "3"]
+    with pytest.raises(DataError, match="line 3: label 'n/a' is not a number"):
+        read_labels(table, "price", where)

@@ -266,4 +266,3 @@ def test_multilabel_metrics_are_exact_under_ddp(tmp_path):
     present = truth.sum(axis=0) > 0
     assert logged["val_mean_average_precision"] == pytest.approx(
         average_precision_score(truth[:, present], probs[:, present], average="macro"), abs=1e-5)
-
