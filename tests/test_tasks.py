@@ -266,3 +266,28 @@ def test_multilabel_metrics_are_exact_under_ddp(tmp_path):
     present = truth.sum(axis=0) > 0
     assert logged["val_mean_average_precision"] == pytest.approx(
         average_precision_score(truth[:, present], probs[:, present], average="macro"), abs=1e-5)
+
+
+def test_the_readme_task_class_example_trains_and_predicts(tmp_path, monkeypatch):
+    import re
+
+    import model.task
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("### Add a task")[1].split("\n## ")[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    namespace = vars(model.task).copy()
+    exec(compile(code, "README.md", "exec"), namespace)
+    namespace["Ordinal"].__module__ = "model.task"
+    monkeypatch.setattr(model.task, "Ordinal", namespace["Ordinal"], raising=False)
+    table = regression_table(tmp_path / "train.csv")
+    table["grade"] = np.digitize(table["y0"], np.quantile(table["y0"], [0.2, 0.4, 0.6, 0.8]))
+    config = regression_config(tmp_path, **{"task": {"type": "Ordinal", "args": {"num_classes": 5}},
+                                            "dataset.args.label_column": "grade", "trainer.epochs": 1})
+    table.drop(columns="y0").to_csv(tmp_path / "train.csv", index=False)  # the regression table, graded
+    train.main(["-c", str(config)])
+    run = run_dirs(tmp_path, "Task")[0]
+    inference.main(["--resume", str(run / "last.pth"), "--split", "valid"])
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert list(predictions.columns) == ["id", "prediction", "target", "value"]
+    assert predictions["prediction"].between(0, 4).all()
