@@ -291,3 +291,38 @@ def test_the_readme_task_class_example_trains_and_predicts(tmp_path, monkeypatch
     predictions = pd.read_csv(run / "predictions.csv")
     assert list(predictions.columns) == ["id", "prediction", "target", "value"]
     assert predictions["prediction"].between(0, 4).all()
+
+
+@pytest.mark.parametrize("make", [multilabel_config, multihead_config])
+def test_a_run_stopped_mid_epoch_resumes_bitwise(tmp_path, monkeypatch, make):
+    """Stopped in the middle of epoch 2 (as by SIGTERM) and resumed, with AMP and accumulation: the same
+    weights and the same metrics as a run that was never stopped."""
+    import signal
+
+    from trainer.trainer import Trainer
+    from utils.errors import TrainingInterrupted
+
+    changes = {"trainer.epochs": 3, "trainer.amp": "bf16", "trainer.grad_accum_steps": 2, "trainer.log_step": 1}
+    train.main(["-c", str(make(tmp_path, **changes)), "--run-id", "whole"])
+    original_step = Trainer._train_step
+
+    def stop_in_epoch_two(self, data, target):
+        if self.global_step == 5:  # 240 training samples, batches of 32: 4 optimizer steps an epoch
+            self._stop_signal = signal.SIGTERM
+        return original_step(self, data, target)
+
+    monkeypatch.setattr(Trainer, "_train_step", stop_in_epoch_two)
+    with pytest.raises(TrainingInterrupted):
+        train.main(["-c", str(make(tmp_path, **changes)), "--run-id", "split"])
+    monkeypatch.setattr(Trainer, "_train_step", original_step)
+    runs = tmp_path / "saved" / "Task"
+    assert torch.load(runs / "split" / "last.pth", weights_only=True)["batches_done"] > 0
+    train.main(["-r", str(runs / "split")])
+    whole = torch.load(runs / "whole" / "last.pth", weights_only=True)
+    split = torch.load(runs / "split" / "last.pth", weights_only=True)
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, split["state_dict"][key]), key
+    timeless = [{k: v for k, v in run["metrics"].items() if k != "epoch_time"} for run in (whole, split)]
+    assert timeless[0] == timeless[1]
+    pd.testing.assert_frame_equal(pd.read_csv(runs / "whole" / "metrics.csv").drop(columns="epoch_time"),
+                                  pd.read_csv(runs / "split" / "metrics.csv").drop(columns="epoch_time"))
