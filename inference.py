@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights
@@ -83,7 +84,7 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     return model
 
 
-def predict_and_score(config: ConfigParser, models: list, loader, dataset, output: Path, classes, device,
+def predict_and_score(config: ConfigParser, task, models: list, loader, dataset, output: Path, classes, device,
                       loss_args: dict | None = None) -> None:
     """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
     (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with)."""
@@ -91,10 +92,11 @@ def predict_and_score(config: ConfigParser, models: list, loader, dataset, outpu
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     ids = [dataset.sample_id(int(i)) for i in indices]
-    targets = [dataset.targets[int(i)] for i in indices] if dataset.targets else []
-    scorer = Scorer(config, loss_args) if targets and min(targets) >= 0 else None
+    labelled = dataset.targets is not None and len(dataset.targets) > 0 and bool(task.known_targets(
+        torch.as_tensor(np.asarray([dataset.targets[int(i)] for i in indices], dtype=np.float64))).all())
+    scorer = Scorer(config, task, loss_args) if labelled else None
     with stop_on_signals(output), blame(data_section, "cannot predict on this data"):
-        predict_to_csv(output, models, loader, ids, device, classes, labelled=bool(targets) and max(targets) >= 0,
+        predict_to_csv(output, models, loader, ids, device, classes, labelled=labelled, task=task,
                        on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
                        amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,
                        channels_last=config["trainer"]["channels_last"])
@@ -149,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
               for checkpoint, path in zip(checkpoints, paths)]
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
-    dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    task = config.init_obj("task")
+    task.check_labels(dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    if Path(args.resume[0]).is_dir():
+        task.load_run(Path(args.resume[0]))  # what k-fold tuned on its OOF predictions (thresholds)
     model_classes = checkpoints[0].get("classes")
     if dataset.targets and dataset.classes and model_classes and list(dataset.classes) != list(model_classes):
         raise DataError("dataset", f"its classes ({', '.join(dataset.classes[:5])}) are not the model's "
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
-    predict_and_score(config, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"))
+    predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"))
 
 
 def _default_output(resume: Path) -> Path:

@@ -11,7 +11,6 @@ import json
 import logging
 
 import numpy as np
-import torch
 
 from base import dist
 from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
@@ -33,14 +32,20 @@ KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "nu
 def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle: bool, seed: int,
                groups=None) -> list:
     """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold, or
-    with ``groups`` its (Stratified)GroupKFold: every group held out by one fold (base/splits.py)."""
+    with ``groups`` its (Stratified)GroupKFold: every group held out by one fold (base/splits.py).
+
+    ``targets`` are the task's stratification labels (``task.stratify_labels``): one per sample, or a
+    0/1 matrix (multi-label), split with iterative stratification (iterstrat's MultilabelStratifiedKFold).
+    """
     from sklearn.model_selection import KFold, StratifiedKFold
 
     if groups is not None:
         return group_folds(targets, groups, n_splits, stratified, shuffle, seed)
-    splitter_class = StratifiedKFold if stratified else KFold
     if stratified and targets is None:
         raise ConfigError("kfold.stratified", "the dataset has no targets to stratify by; set it to false")
+    splitter_class = StratifiedKFold if stratified else KFold
+    if stratified and np.ndim(targets) == 2:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold as splitter_class
     splitter = splitter_class(n_splits=n_splits, shuffle=shuffle, random_state=seed if shuffle else None)
     try:
         return list(splitter.split(np.zeros(n_samples), targets if stratified else None))
@@ -89,7 +94,8 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     checkpoint = load_checkpoint(best_path)
     load_model_weights(trainer.raw_model, model_weights(checkpoint), best_path)  # EMA weights with trainer.ema
     write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
-                               held_out, train_dataset, trainer.device, trainer.amp_dtype, trainer.progress_bar)
+                               held_out, train_dataset, trainer.device, trainer.amp_dtype, trainer.progress_bar,
+                               trainer.task)
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
         row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]
@@ -116,12 +122,13 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
                     .assign(fold=row["fold"]) for row in rows)
     oof = oof_columns(oof.sort_values("id", kind="stable"), train_dataset, config["kfold"]["group"])
     oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
-    probs = torch.tensor(oof.filter(like="prob_").to_numpy())
-    log_probs, targets = probs.clamp_min(1e-12).log(), torch.tensor(oof["target"].to_numpy())
+    task = config.init_obj("task")
+    outputs, targets = task.outputs_from_table(oof)
+    task.fit_oof(outputs, targets, config.run_dir)  # MultiLabel: per-label thresholds, oof_thresholds.json
     # "balanced" class weights of the out-of-fold loss: from all the training data the folds share out.
     loss_args = resolve_loss_args(config, train_dataset, np.arange(len(train_dataset)),
                                   config["arch"]["args"].get("num_classes") or train_dataset.num_classes)
-    oof_metrics = {f"oof_{key}": value for key, value in score(config, log_probs, targets, loss_args).items()}
+    oof_metrics = {f"oof_{key}": value for key, value in score(config, outputs, targets, task, loss_args).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
     logger.info("out-of-fold, over all %d training samples: %s", len(oof),
                 "  ".join(f"{key} {value:.4f}" for key, value in oof_metrics.items()))
@@ -156,8 +163,10 @@ def main(argv: list[str] | None = None) -> None:
 
     train_dataset = config.init_obj("dataset")
     options = config["kfold"]
+    task = config.init_obj("task")
+    labels = None if train_dataset.targets is None else task.stratify_labels(train_dataset.targets, options["n_bins"])
     groups = getattr(train_dataset, "groups", None) if options["group"] else None
-    folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
+    folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
                        options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
     if config.dry_run:
         trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])

@@ -32,7 +32,8 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
-    data_loader.dataset.check_labels(config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
+    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
+    task.check_labels(data_loader.dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
     else:
@@ -41,8 +42,8 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     # "balanced" class weights come from the training split; the checkpoint keeps them (loss_args).
     loss_args = resolve_loss_args(config, data_loader.dataset, data_loader.train_indices,
                                   config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
-    criterion = config.init_ftn("loss", **loss_args)
-    metrics = config.init_metrics()
+    criterion = task.wrap_loss(config.init_ftn("loss", **loss_args))
+    metrics = task.wrap_metrics(config.init_metrics())
     optimizer = build_optimizer(config, model)  # parameter groups: base/param_groups.py
     steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
     lr_scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch)  # warmup: base/schedulers.py
@@ -50,7 +51,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     trainer_class = config.lookup("trainer")
     trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,
                             data_loader=data_loader, valid_data_loader=valid_data_loader,
-                            lr_scheduler=lr_scheduler, device_ids=device_ids)
+                            lr_scheduler=lr_scheduler, device_ids=device_ids, task=task)
     trainer.loss_args = loss_args
     # Continuing a run, or starting one from another run's weights: one explicit step each.
     if config.resume is not None:
@@ -71,7 +72,7 @@ def check_one_batch(trainer) -> torch.Tensor:
         data, target = next(iter(trainer.data_loader))
     model, was_training = trainer.raw_model, trainer.raw_model.training
     model.eval()
-    data, target = to_device(data, trainer.device), to_device(target, trainer.device)
+    data, target = to_device(data, trainer.device), trainer.task.prepare_target(to_device(target, trainer.device))
     with torch.no_grad():
         if type(trainer)._valid_step is not Trainer._valid_step:  # a custom step: check it as it is
             with blame("trainer.type", f"{type(trainer).__name__}._valid_step fails on a batch"):

@@ -58,6 +58,12 @@ class Metric(ABC):
     def load_state(self, tensors: list[torch.Tensor]) -> None:
         """Restore what ``state()`` returned (after summing it over processes, or from a checkpoint)."""
 
+    def sync(self) -> None:
+        """Under DDP, before ``compute()``: add each running total over the processes (every process calls it)."""
+        from base.dist import all_reduce_sum
+
+        self.load_state([all_reduce_sum(tensor) for tensor in self.state()])
+
     @abstractmethod
     def compute(self) -> float:
         """The epoch's value from the running totals."""

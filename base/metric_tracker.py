@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from base.base_metric import Metric
-from base.dist import all_reduce_sum, is_distributed
+from base.dist import is_distributed
 
 
 class MeanMetric(Metric):
@@ -117,5 +117,5 @@ class MetricTracker:
         self.flush()
         if sync and is_distributed():
             for metric in self._all().values():
-                metric.load_state([all_reduce_sum(tensor) for tensor in metric.state()])
+                metric.sync()
         return {prefix + name: metric.compute() for name, metric in self._all().items()}

@@ -29,3 +29,11 @@ class ImageDataLoader(BaseDataLoader):
     def __init__(self, dataset, batch_size: int = 32, shuffle: bool = True, validation_split=0.1,
                  num_workers: int = 2, stratify: bool = False, **kwargs):
         super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, stratify, **kwargs)
+
+
+class TableDataLoader(BaseDataLoader):
+    """Loader for TableDataset and any task: a random (unstratified) validation split, no workers."""
+
+    def __init__(self, dataset, batch_size: int = 32, shuffle: bool = True, validation_split=0.2,
+                 num_workers: int = 0, stratify: bool = False, **kwargs):
+        super().__init__(dataset, batch_size, shuffle, validation_split, num_workers, stratify, **kwargs)

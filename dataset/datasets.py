@@ -9,8 +9,9 @@ import torch
 
 from base.base_dataset import BaseDataset
 from dataset.image_dataset import ImageDataset
+from dataset.table_dataset import TableDataset
 
-__all__ = ["DigitsDataset", "IrisDataset", "ImageDataset", "SyntheticDataset"]
+__all__ = ["DigitsDataset", "IrisDataset", "ImageDataset", "SyntheticDataset", "TableDataset"]
 
 
 def _fixed_split(targets: np.ndarray, test_size: float, split_seed: int, train: bool) -> np.ndarray:

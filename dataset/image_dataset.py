@@ -7,6 +7,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from base.base_dataset import BaseDataset
+from dataset.labels import read_labels
 from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -19,8 +20,10 @@ class ImageDataset(BaseDataset):
 
     Labels come from, in this order:
       1. ``csv_file``: a CSV with a path column (relative to ``root``) and a label column. Labels are
-         class indices (integers) or class names (sorted to give the indices). With
-         ``label_column: null`` the files are listed without labels.
+         class indices (integers) or class names (sorted to give the indices); numbers for
+         regression; space-separated tags for multi-label. ``label_column`` may be a list of columns
+         (one per head, per 0/1 label or per regression output). With ``label_column: null`` the
+         files are listed without labels.
       2. class sub-folders, as torchvision's ImageFolder: ``root/<class name>/**/<image>``.
       3. neither: every image under ``root`` is an unlabelled sample (target -1); its path is its id
          in predictions.csv. This is the layout of a competition's test folder.
@@ -43,7 +46,7 @@ class ImageDataset(BaseDataset):
     """
 
     def __init__(self, root: str | None = None, csv_file: str | None = None, path_column: str = "path",
-                 label_column: str | None = "label", image_size: int | list[int] | None = None,
+                 label_column: str | list[str] | None = "label", image_size: int | list[int] | None = None,
                  train_transform=None, eval_transform=None, skip_bad_files: bool = False,
                  group_column: str | None = None, group_pattern: str | None = None, data_dir: str | None = None):
         super().__init__(train_transform, eval_transform)
@@ -86,7 +89,8 @@ class ImageDataset(BaseDataset):
         if not csv_path.is_file():
             raise DataError(str(csv_file), "CSV file not found")
         table = pd.read_csv(csv_path)
-        for column in (path_column, label_column, group_column):
+        label_columns = label_column if isinstance(label_column, list) else [label_column]
+        for column in (path_column, *label_columns, group_column):
             if column is not None and column not in table.columns:
                 raise DataError(str(csv_path), f"no column {column!r}; its columns are {list(table.columns)}")
         paths = [self.root / str(p) for p in table[path_column]]
@@ -99,18 +103,8 @@ class ImageDataset(BaseDataset):
             groups = table[group_column].tolist()
         if label_column is None:
             return paths, None, where, groups
-        labels = table[label_column]
-        if labels.isna().any():
-            row = int(labels.isna().to_numpy().argmax())
-            raise DataError(where[row], f"the label column {label_column!r} is empty")
-        if pd.api.types.is_integer_dtype(labels):
-            if (labels < 0).any():
-                row = int((labels < 0).to_numpy().argmax())
-                raise DataError(where[row], f"label {labels.iloc[row]} is negative")
-            return paths, labels.tolist(), where, groups
-        self.classes = sorted(labels.astype(str).unique())
-        index_of = {name: i for i, name in enumerate(self.classes)}
-        return paths, [index_of[name] for name in labels.astype(str)], where, groups
+        labels, self.classes = read_labels(table, label_column, where)
+        return paths, labels, where, groups
 
     def _from_folders(self):
         self.classes = _sub_folders(self.root)

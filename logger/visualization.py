@@ -112,3 +112,28 @@ def input_grid(batch, count: int = 64):
 
     images = batch[:count].detach().float().cpu()
     return make_grid(images, nrow=8, normalize=True, scale_each=False, padding=1)
+
+
+def scatter_image(true, predicted, size: int = 320):
+    """Predicted against true values as a CHW uint8 image, with the diagonal y = x in grey."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    true, predicted = np.asarray(true, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
+    span = (high - low) or 1.0
+    margin = 24
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+
+    def position(x, y):
+        scale = size - 2 * margin
+        return margin + (x - low) / span * scale, size - margin - (y - low) / span * scale
+
+    draw.line([position(low, low), position(high, high)], fill=(180, 180, 180))
+    for x, y in zip(true, predicted):
+        px, py = position(x, y)
+        draw.ellipse([px - 1.5, py - 1.5, px + 1.5, py + 1.5], fill=(30, 90, 200))
+    draw.text((margin, size - margin + 6), f"true {low:.3g} .. {high:.3g}", fill="black")
+    draw.text((4, 4), "predicted", fill="black")
+    return np.asarray(image).transpose(2, 0, 1).copy()

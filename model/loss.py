@@ -78,3 +78,32 @@ def focal_loss(
     if alpha is not None:
         loss = loss * alpha.to(loss.dtype)[target]
     return loss.mean()
+
+
+def _as_values(output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Regression outputs and targets in float32 of the same shape ((N,) targets fit (N, 1) outputs)."""
+    return output.float(), target.float().reshape(output.shape)
+
+
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error, for regression."""
+    return F.mse_loss(*_as_values(output, target))
+
+
+def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error, for regression (robust to outliers)."""
+    return F.l1_loss(*_as_values(output, target))
+
+
+def smooth_l1_loss(output: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """Huber-like loss: squared below ``beta``, absolute above it."""
+    return F.smooth_l1_loss(*_as_values(output, target), beta=beta)
+
+
+def bce_with_logits(output: torch.Tensor, target: torch.Tensor, pos_weight: list[float] | None = None) -> torch.Tensor:
+    """Binary cross-entropy of logits against 0/1 targets, for multi-label tasks.
+
+    ``pos_weight`` (one per label) weighs the positive examples, e.g. negatives / positives of a rare label.
+    """
+    weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32, device=output.device)
+    return F.binary_cross_entropy_with_logits(output.float(), target.float(), pos_weight=weight)

@@ -2,7 +2,8 @@
 
 The CSV is written batch by batch to a temporary file that is renamed at the end: memory stays flat
 in the number of samples, and an interrupted run leaves no partial file (an older file of the same
-name is left as it was, and the message says it is not this run's).
+name is left as it was, and the message says it is not this run's). What the columns are is the
+task's business (``task.predictions_table``): SPEC section 4 for classification.
 """
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from base.base_task import BaseTask
 from base.metric_tracker import MetricTracker
 from utils.cli import on_stop_signals
 from utils.errors import PredictionInterrupted
@@ -19,15 +21,17 @@ from utils.util import autocast, to_device
 
 @torch.inference_mode()
 def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
-                    tta: Sequence[Callable] = (), channels_last: bool = False,
+                    tta: Sequence[Callable] = (), channels_last: bool = False, task: BaseTask | None = None,
                     progress: bool = False, desc: str = "predicting") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The model outputs and the targets of each batch of ``loader``, in order, with a progress bar.
 
     With one model and no TTA the outputs are the model's own (logits), so losses and metrics
-    computed from them equal those of validation. Otherwise they are the log of the class
-    probabilities averaged over the models and over the views (the batch itself, then each TTA
-    transform applied to it): a loss like cross-entropy still reads them correctly.
+    computed from them equal those of validation. Otherwise the task combines them (``task.combine``):
+    for classification the log of the class probabilities averaged over the models and over the views
+    (the batch itself, then each TTA transform applied to it), which a loss like cross-entropy still
+    reads correctly; for regression the mean of the values.
     """
+    task = task if task is not None else BaseTask()
     for model in models:
         model.eval()
     samples = len(getattr(loader, "sampler", None) or loader.dataset)
@@ -36,26 +40,22 @@ def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.dev
             data = to_device(data, device, channels_last)
             views = [data, *(transform(data) for transform in tta)]
             with autocast(device, amp_dtype):
-                if len(models) == 1 and len(views) == 1:
-                    output = models[0](data).float()
-                else:
-                    probs = [model(view).float().softmax(dim=1) for model in models for view in views]
-                    output = torch.stack(probs).mean(dim=0).clamp_min(1e-12).log()
-            bar.update(len(target))
-            yield output, target.to(device)
+                output = task.combine([model(view).float() for model in models for view in views]).float()
+            bar.update(len(output))
+            yield output, task.prepare_target(to_device(target, device))
 
 
 def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
-            tta: Sequence[Callable] = (), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+            tta: Sequence[Callable] = (), channels_last: bool = False,
+            task: BaseTask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every output and target of ``loader`` at once (see ``predict_batches``): for small data."""
-    batches = list(predict_batches(models, loader, device, amp_dtype, tta, channels_last))
+    batches = list(predict_batches(models, loader, device, amp_dtype, tta, channels_last, task))
     return torch.cat([output for output, _ in batches]), torch.cat([target for _, target in batches])
 
 
 class PredictionWriter:
-    """Write ``id, prediction, [prediction_name,] [target,] prob_0 ... prob_{C-1}`` (SPEC section 4)
-    batch by batch to ``<path>.tmp``; on leaving the ``with`` block the file is renamed to ``path``,
-    or, after an error or an interruption, removed.
+    """Write ``id`` and the task's columns batch by batch to ``<path>.tmp``; on leaving the ``with``
+    block the file is renamed to ``path``, or, after an error or an interruption, removed.
 
     Examples:
         >>> with PredictionWriter("predictions.csv", classes=["cat", "dog"], labelled=True) as writer:
@@ -63,10 +63,12 @@ class PredictionWriter:
         ...         writer.write(ids, outputs, targets)
     """
 
-    def __init__(self, path: str | Path, classes: Sequence[str] | None = None, labelled: bool = True):
+    def __init__(self, path: str | Path, classes: Sequence[str] | None = None, labelled: bool = True,
+                 task: BaseTask | None = None):
         self.path = Path(path)
         self.temp = self.path.with_name(self.path.name + ".tmp")
         self.classes, self.labelled = classes, labelled
+        self.task = task if task is not None else BaseTask()
         self.file = None
 
     def __enter__(self) -> "PredictionWriter":
@@ -77,14 +79,8 @@ class PredictionWriter:
     def write(self, ids: Sequence, outputs: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         import pandas as pd
 
-        probs = outputs.float().softmax(dim=1).cpu().numpy()
-        prediction = probs.argmax(axis=1)
-        table = {"id": list(ids), "prediction": prediction}
-        if self.classes is not None:
-            table["prediction_name"] = [self.classes[i] for i in prediction]
-        if self.labelled and targets is not None:
-            table["target"] = targets.cpu().numpy()
-        table |= {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
+        known = targets if self.labelled else None
+        table = {"id": list(ids)} | self.task.predictions_table(outputs, known, self.classes)
         pd.DataFrame(table).to_csv(self.file, header=self.file.tell() == 0, index=False)
 
     def __exit__(self, error_type, error, traceback) -> None:
@@ -96,25 +92,27 @@ class PredictionWriter:
 
 
 def write_predictions(path: str | Path, ids: Sequence, outputs: torch.Tensor, targets: torch.Tensor | None = None,
-                      classes: Sequence[str] | None = None) -> None:
+                      classes: Sequence[str] | None = None, task: BaseTask | None = None) -> None:
     """Write the predictions CSV of outputs held in memory; ``targets`` is left out when the labels
-    are unknown (None, or every target is -1)."""
-    labelled = targets is not None and bool((targets >= 0).any())
-    with PredictionWriter(path, classes, labelled) as writer:
+    are unknown (None, or no target is known to the task, e.g. every class index is -1)."""
+    task = task if task is not None else BaseTask()
+    labelled = targets is not None and bool(task.known_targets(targets).any())
+    with PredictionWriter(path, classes, labelled, task) as writer:
         writer.write(ids, outputs, targets)
 
 
 def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, ids: Sequence, device: torch.device,
-                   classes: Sequence[str] | None = None, labelled: bool = True,
-                   on_batch: Callable | None = None, progress: bool = False, **predict_options) -> int:
+                   classes: Sequence[str] | None = None, labelled: bool = True, on_batch: Callable | None = None,
+                   progress: bool = False, task: BaseTask | None = None, **predict_options) -> int:
     """Predict every sample of ``loader`` and stream the rows to ``path`` (see PredictionWriter).
 
     ``ids`` are the samples' ids in the loader's order; ``on_batch(outputs, targets)`` sees each
     batch (to score it). Returns the number of rows written.
     """
     done = 0
-    with PredictionWriter(path, classes, labelled) as writer:
-        for outputs, targets in predict_batches(models, loader, device, progress=progress, **predict_options):
+    with PredictionWriter(path, classes, labelled, task) as writer:
+        for outputs, targets in predict_batches(models, loader, device, task=task, progress=progress,
+                                                **predict_options):
             writer.write(ids[done:done + len(outputs)], outputs, targets)
             if on_batch is not None:
                 on_batch(outputs, targets)
@@ -123,7 +121,8 @@ def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, 
 
 
 def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader, held_out: Sequence[int], dataset,
-                               device: torch.device, amp_dtype=None, progress: bool = False) -> None:
+                               device: torch.device, amp_dtype=None, progress: bool = False,
+                               task: BaseTask | None = None) -> None:
     """k-fold: predict a fold's held-out samples (``loader``, in ``held_out`` order) into ``path``.
 
     One process streams the rows to disk. Under DDP each process predicts its share, keeping only
@@ -134,16 +133,16 @@ def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader,
     if not dist.is_distributed():
         ids = [dataset.sample_id(int(i)) for i in held_out]
         predict_to_csv(path, [model], loader, ids, device, dataset.classes, progress=progress, amp_dtype=amp_dtype,
-                       desc="out-of-fold")
+                       desc="out-of-fold", task=task)
         return
     batches = [(output.cpu(), target.cpu()) for output, target in
-               predict_batches([model], loader, device, amp_dtype, progress=progress, desc="out-of-fold")]
+               predict_batches([model], loader, device, amp_dtype, task=task, progress=progress, desc="out-of-fold")]
     share = held_out[dist.get_rank()::dist.get_world_size()]
     shards = dist.gather_objects((share, torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])))
     if dist.is_main_process():
         ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
         write_predictions(path, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
-                          dataset.classes)
+                          dataset.classes, task)
 
 
 def stop_on_signals(output: str | Path):
@@ -156,9 +155,9 @@ def stop_on_signals(output: str | Path):
 
 
 class Scorer:
-    """The config's loss and metrics over predictions given batch by batch, exact over samples.
-
-    ``loss_args`` replace the config's loss arguments: the checkpoint's "balanced" class weights.
+    """The config's loss and metrics (as the task adapts them) over predictions given batch by batch,
+    exact over samples. ``loss_args`` replace the config's loss arguments: the checkpoint's
+    "balanced" class weights.
 
     Examples:
         >>> scorer = Scorer(config)
@@ -168,9 +167,10 @@ class Scorer:
         {'loss': 0.05, 'accuracy': 0.986}
     """
 
-    def __init__(self, config, loss_args: dict | None = None):
-        self.tracker = MetricTracker(config.init_metrics())
-        self.criterion = config.init_ftn("loss", **(loss_args or {}))
+    def __init__(self, config, task: BaseTask | None = None, loss_args: dict | None = None):
+        task = task if task is not None else config.init_obj("task")
+        self.tracker = MetricTracker(task.wrap_metrics(config.init_metrics()))
+        self.criterion = task.wrap_loss(config.init_ftn("loss", **(loss_args or {})))
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         self.tracker.update(self.criterion(outputs, targets), outputs, targets)
@@ -179,8 +179,9 @@ class Scorer:
         return self.tracker.result(sync=False)
 
 
-def score(config, outputs: torch.Tensor, targets: torch.Tensor, loss_args: dict | None = None) -> dict:
+def score(config, outputs: torch.Tensor, targets: torch.Tensor, task: BaseTask | None = None,
+          loss_args: dict | None = None) -> dict:
     """The config's loss and metrics over a set of predictions held in memory (see ``Scorer``)."""
-    scorer = Scorer(config, loss_args)
+    scorer = Scorer(config, task, loss_args)
     scorer.update(outputs, targets)
     return scorer.result()

@@ -1,19 +1,21 @@
 import contextlib
+import logging
 import math
 
 import torch
 from tqdm import tqdm
 
 from base import dist
-from base.base_metric import confusion_matrix
+from base.base_task import BaseTask
 from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
 from base.mixup import build_mixer
 from logger.class_balance import report_class_balance
-from logger.visualization import input_grid, record_confusion_matrix
+from logger.visualization import input_grid
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.util import autocast, is_image_batch, to_device
 
+logger = logging.getLogger(__name__)
 
 class Trainer(BaseTrainer):
     """Supervised training: one forward, loss and backward per batch, then validation.
@@ -39,20 +41,21 @@ class Trainer(BaseTrainer):
     """
 
     def __init__(self, model, criterion, metric_fns: dict, optimizer, config, device, data_loader,
-                 valid_data_loader=None, lr_scheduler=None, device_ids=None):
+                 valid_data_loader=None, lr_scheduler=None, device_ids=None, task=None):
         super().__init__(model, criterion, metric_fns, optimizer, config, device, lr_scheduler, device_ids)
         options = config["trainer"]
         self.data_loader = data_loader
+        self.task = task if task is not None else BaseTask()  # single-label classification by default
         self.valid_data_loader = valid_data_loader
         self.accum_steps = options["grad_accum_steps"]
         self.grad_clip_norm = options["grad_clip_norm"]
         self.log_step = options["log_step"]
         self.channels_last = options["channels_last"]
         self.progress_bar = options["progress_bar"] and dist.is_main_process()
-        self.record_images = options["tensorboard"]  # the confusion matrix and a grid of inputs
+        self.record_images = options["tensorboard"]  # the task's pictures and a grid of inputs
+        self.valid_figure = None
+        self.best_figure = (0, None)
         self.confusion_max_classes = options["confusion_max_classes"]
-        self.valid_confusion = None
-        self.best_confusion = (0, None)
         self.samples_per_epoch = len(data_loader.train_indices)
         self.classes = getattr(data_loader.dataset, "classes", None)
         self.train_metrics = MetricTracker(metric_fns)
@@ -113,7 +116,7 @@ class Trainer(BaseTrainer):
         bar = tqdm(self.data_loader, desc=f"epoch {epoch}/{self.epochs}", total=batches, initial=first_batch,
                    disable=not self.progress_bar, leave=False, dynamic_ncols=True)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
-            data, target = self._to_device(data), self._to_device(target)
+            data, target = self._to_device(data), self.task.prepare_target(self._to_device(target))
             # MixUp / CutMix: mixed inputs and soft targets for the step; the metrics keep the hard labels.
             inputs, step_target = self.mixup(data, target, epoch, batch_idx) if self.mixup else (data, target)
             if self.record_images and self.global_step == 0 and batch_idx == 0 and is_image_batch(inputs):
@@ -188,39 +191,42 @@ class Trainer(BaseTrainer):
         self._raw_validation = raw
         self.eval_model.eval()
         self.valid_metrics.reset()
-        confusion = None
+        figure = None  # the state of the task's pictures (the confusion matrix, a scatter plot)
         with torch.inference_mode():
             for data, target in tqdm(self.valid_data_loader, desc=f"validating {epoch}", disable=not self.progress_bar,
                                      leave=False, dynamic_ncols=True):
-                data, target = self._to_device(data), self._to_device(target)
+                data, target = self._to_device(data), self.task.prepare_target(self._to_device(target))
                 with self._autocast():
                     loss, output = self._valid_step(data, target)
                 self.valid_metrics.update(loss, output, target)
-                if self.record_images and output.dim() == 2 and isinstance(target, torch.Tensor):
-                    counts = confusion_matrix(output, target)
-                    confusion = counts if confusion is None else confusion + counts
-        if confusion is not None:
-            self.valid_confusion = dist.all_reduce_sum(confusion)
+                if self.record_images:
+                    figure = self.task.figure_update(figure, output, target)
+        if self.record_images:
+            self.valid_figure = self.task.figure_reduce(figure)
         return self.valid_metrics.result(prefix="val_")
 
     def _on_run_start(self) -> None:
         report_class_balance(self.data_loader, self.recorder.tensorboard)
 
     def _after_epoch(self, log: dict, improved: bool, final: bool) -> None:
-        """At the end, draw the validation confusion matrix of the best epoch (and of the last) in TensorBoard."""
-        if self.valid_confusion is None:
+        """At the end, draw the task's validation pictures of the best epoch (and of the last) in TensorBoard."""
+        if self.valid_figure is None:
             return
         if improved:
-            self.best_confusion = (self.global_step, self.valid_confusion)
+            self.best_figure = (self.global_step, self.valid_figure)
         if final:
             dataset = getattr(self.valid_data_loader.dataset, "dataset", self.valid_data_loader.dataset)
             classes = getattr(dataset, "classes", None)
-            last = (self.global_step, self.valid_confusion)
+            last = (self.global_step, self.valid_figure)
             self.checkpoint_writer.wait()  # the final checkpoint is on disk before any picture is drawn
-            for tag, (step, matrix) in (("best", self.best_confusion), ("last", last)):
-                if matrix is not None:
-                    record_confusion_matrix(self.recorder.tensorboard, f"val/confusion_matrix_{tag}",
-                                            matrix.cpu().numpy(), classes, step, self.confusion_max_classes)
+            for tag, (step, state) in (("best", self.best_figure), ("last", last)):
+                if state is None:
+                    continue
+                try:
+                    self.task.record_figures(self.recorder.tensorboard, state, classes, tag, step,
+                                             self.confusion_max_classes)
+                except Exception as error:  # a picture must never cost the run
+                    logger.warning("could not draw the validation pictures: %s: %s", type(error).__name__, error)
 
     def _epoch_state(self) -> dict:
         return super()._epoch_state() | {"train_metrics": self.train_metrics.state_dict(),

@@ -23,6 +23,7 @@ SECTION_MODULES = {
     "optimizer": "torch.optim",
     "lr_scheduler": "torch.optim.lr_scheduler",
     "trainer": "trainer",
+    "task": "model.task",
     "transforms": "torchvision.transforms.v2",
 }
 # Arguments the code passes itself: how many leading positional ones, and which keywords.
@@ -196,6 +197,10 @@ def check_all(config: dict) -> None:
     for i, entry in enumerate(config["metrics"]):
         check_component(f"metrics.{i}", entry, "metrics")
     resolve(section_module("trainer"), config["trainer"]["type"], "trainer.type")
+    task_class = check_component("task", config["task"], "task")
+    # The task names the metric columns (MultiHead adds one per head): monitor may name any of them.
+    task = call(task_class, "task", **config["task"].get("args", {}))
+    config_schema.check_monitor(config, task.metric_columns(config_schema.metric_names(config)))
     inference = config["inference"]
     for section in ("dataset", "data_loader"):
         if inference[section] is not None:

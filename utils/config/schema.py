@@ -116,6 +116,7 @@ KFOLD = {
     "shuffle": Field((bool,), True),
     "seed": Field((int, NONE), None),
     "group": Field((bool,), True),
+    "n_bins": Field((int,), 10, lambda v: None if v >= 2 else "must be 2 or more"),
 }
 INFERENCE = {
     "split": Field((str,), "test", _one_of("test", "valid")),
@@ -141,6 +142,7 @@ TOP_LEVEL = {
     "kfold": Field((dict,), {}),
     "inference": Field((dict,), {}),
     "resume_history": Field((list,), [], _history),
+    "task": Field((str, dict), "Classification"),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE}
 
@@ -231,8 +233,10 @@ def validate(config) -> dict:
             check_component(f"inference.{key}", resolved["inference"][key])
     for i, entry in enumerate(resolved["inference"]["tta"]):
         check_component(f"inference.tta.{i}", entry)
+    if isinstance(resolved["task"], str):  # a bare name: {"type": NAME}
+        resolved["task"] = {"type": resolved["task"], "args": {}}
+    check_component("task", resolved["task"])
     _check_metric_names(resolved)
-    _check_monitor(resolved)
     return resolved
 
 
@@ -292,11 +296,12 @@ def check_path_part(where: str, value: str) -> None:
         raise ConfigError(where, f"{value!r} is used as a folder name: no '/', '\\', '.' or '..'")
 
 
-def _check_monitor(config: dict) -> None:
+def check_monitor(config: dict, columns: list[str]) -> None:
+    """``trainer.monitor`` must name a logged value; ``columns`` are the task's metric columns."""
     monitor = config["trainer"]["monitor"]
     if monitor == "off":
         return
-    names = ["loss", *metric_names(config)]
+    names = ["loss", *columns]
     logged = names + [f"val_{name}" for name in names]
     key = monitor.split()[1]
     if key not in logged:
