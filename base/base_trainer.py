@@ -66,6 +66,8 @@ class BaseTrainer:
         self.run_dir: Path | None = None
         self.checkpoint_writer = CheckpointWriter()
         self.resume_command = None  # printed on Ctrl-C / SIGTERM; kfold_train.py sets its own
+        # Each is called as callback(epoch, log) once the epoch's checkpoint is saved (tune.py prunes there).
+        self.epoch_callbacks: list = []
 
         if config.resume is not None:
             self._resume_checkpoint(config.resume)
@@ -129,6 +131,8 @@ class BaseTrainer:
                     stop_signal = self._agreed_stop_signal()
                     if stop_signal:
                         raise TrainingInterrupted(stop_signal, self.resume_command)
+                    for callback in self.epoch_callbacks:
+                        callback(epoch, log)
                     if stop_early:
                         logger.info("no improvement of %s in %d epochs: stopping early", self.monitor_key,
                                     self.early_stop)

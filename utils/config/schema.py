@@ -82,6 +82,15 @@ INFERENCE = {
     "output": Field((str, NONE), None),
     "tta": Field((list,), []),
 }
+TUNE = {  # tune.py's search; the space entries are checked in utils/config/tune_space.py
+    "direction": Field((str,), "auto", _one_of("auto", "minimize", "maximize")),
+    "space": Field((dict,), {}),
+    "sampler": Field((dict, NONE), None),
+    "pruner": Field((dict, NONE), None),
+    "heartbeat_interval": Field((int,), 60, _positive),
+    "grace_period": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
+    "max_retry": Field((int,), 3, _non_negative),
+}
 TOP_LEVEL = {
     "name": Field((str,)),
     "n_gpu": Field((int,), 1, _non_negative),
@@ -98,8 +107,9 @@ TOP_LEVEL = {
     "wandb": Field((dict,), {}),
     "kfold": Field((dict,), {}),
     "inference": Field((dict,), {}),
+    "tune": Field((dict,), {}),
 }
-SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE}
+SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -192,6 +202,9 @@ def validate(config) -> dict:
             check_component(f"inference.{key}", resolved["inference"][key])
     for i, entry in enumerate(resolved["inference"]["tta"]):
         check_component(f"inference.tta.{i}", entry)
+    for key in ("sampler", "pruner"):
+        if resolved["tune"][key] is not None:
+            check_component(f"tune.{key}", resolved["tune"][key])
     _check_metric_names(resolved)
     _check_monitor(resolved)
     return resolved
