@@ -29,7 +29,7 @@ from base.tuning import (
 )
 from config_parser import CLI_OPTIONS, CliOption, ConfigParser
 from logger.logger import setup_logging
-from logger.tune_report import write_hparams, write_results
+from logger.tune_report import write_atomically, write_hparams, write_results
 from train import build_trainer, check_one_batch
 from utils.cli import ArgumentParser, interrupt_on_signals, run_cli
 from utils.config.components import section_module
@@ -81,8 +81,9 @@ def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
     if sweep_dir is None and args.run_id is not None:
         check_path_part("--run-id", args.run_id)
         sweep_dir = config.runs_dir / args.run_id
-        if sweep_dir.exists() and not (sweep_dir / "tune.json").is_file():
-            raise ConfigError("--run-id", f"{sweep_dir} exists and is not a sweep; choose another id")
+        # A sweep's tune.json is written first: a folder with a config.json but none is a training run.
+        if (sweep_dir / "config.json").is_file() and not (sweep_dir / "tune.json").is_file():
+            raise ConfigError("--run-id", f"{sweep_dir} is a training run, not a sweep; choose another id")
     if sweep_dir is not None and (sweep_dir / "tune.json").is_file():
         settings = read_json(sweep_dir / "tune.json")
     given = {"storage": args.storage, "study_name": args.study_name, "trials": args.trials,
@@ -105,9 +106,10 @@ def start_sweep(config: ConfigParser, sweep_dir: Path | None, settings: dict) ->
         except OSError as error:
             raise ConfigError("trainer.save_dir", f"cannot create the sweep directory: {error}") from None
         settings = {"kfold": False, "study_name": f"{config['name']}-{sweep_dir.name}"} | settings
+        # Workers started together write the same files: each through its own temporary file.
+        write_atomically(sweep_dir / "tune.json", lambda path: write_json(settings, path))
         if not (sweep_dir / "config.json").is_file():
-            write_json(config.config, sweep_dir / "config.json")
-        write_json(settings, sweep_dir / "tune.json")
+            write_atomically(sweep_dir / "config.json", lambda path: write_json(config.config, path))
     sweep_dir, settings = dist.broadcast_object((sweep_dir, settings))
     setup_logging(sweep_dir, config["trainer"]["verbosity"], dist.is_main_process())
     return sweep_dir, settings

@@ -18,7 +18,7 @@ PLOTS = (("optimization_history", "plot_optimization_history", 1),
          ("parallel_coordinate", "plot_parallel_coordinate", 2))
 
 
-def _replace(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """Write through a temporary file and rename it: several workers may write the same file."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(temp)
@@ -28,14 +28,16 @@ def _replace(path: Path, write) -> None:
 def summary_rows(study) -> list[dict]:
     """One dict per trial (surplus ones left out), best first."""
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
-    retried_as = {t.system_attrs["failed_trial"]: t.number for t in trials if "failed_trial" in t.system_attrs}
+    # A retry inherits the user attributes of the trial it retries, "first_number" among them.
+    first = {t.number: t.user_attrs.get("first_number", t.number) for t in trials}
+    retried_as = {first[t.number]: t.number for t in trials if first[t.number] != t.number}
     rows = []
     for t in trials:
-        note = t.user_attrs.get("note", "")
-        if t.number in retried_as:
+        note = t.user_attrs.get("note", "") if t.state.name == "PRUNED" else ""
+        if first[t.number] != t.number:
+            note = f"retry of trial {first[t.number]}" + (f"; {note}" if note else "")
+        elif t.number in retried_as:
             note = f"retried as trial {retried_as[t.number]}"
-        elif "failed_trial" in t.system_attrs:
-            note = f"retry of trial {t.system_attrs['failed_trial']}" + (f"; {note}" if note else "")
         end, start = t.datetime_complete, t.datetime_start
         rows.append({"number": t.number, "state": t.state.name,
                      "value": t.value if t.value is not None else t.user_attrs.get("best_value"),
@@ -57,10 +59,10 @@ def write_summary(study, sweep_dir: Path) -> None:
 
     rows = summary_rows(study)
     if rows:
-        _replace(sweep_dir / "tune_summary.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        write_atomically(sweep_dir / "tune_summary.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if complete:
-        _replace(sweep_dir / "best_config.json", lambda p: write_json(study.best_trial.user_attrs["config"], p))
+        write_atomically(sweep_dir / "best_config.json", lambda p: write_json(study.best_trial.user_attrs["config"], p))
 
 
 def write_plots(study, plots_dir: Path) -> list[str]:
@@ -92,7 +94,7 @@ def write_plots(study, plots_dir: Path) -> list[str]:
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             figure.set_size_inches(10, 6)
             figure.tight_layout()
-            _replace(plots_dir / f"{name}.png", lambda p, figure=figure: figure.savefig(p, format="png", dpi=100))
+            write_atomically(plots_dir / f"{name}.png", lambda p, fig=figure: fig.savefig(p, format="png", dpi=100))
             plt.close(figure)
         except (ValueError, RuntimeError, ZeroDivisionError) as error:
             skipped.append(f"{name} ({str(error).strip().splitlines()[0] if str(error).strip() else error!r})")
