@@ -236,7 +236,7 @@ def optimize(runner: TrialRunner, study, storage) -> None:
                     if "note" in trial.user_attrs else "")
         write_hparams(trial, runner.sweep_dir / "tensorboard", runner.monitor_key)
         fail_dead_workers(study, storage, options["max_retry"])
-        write_results(study, runner.sweep_dir)
+        write_results(study, runner.sweep_dir, options["plots"])
         if len(counted_trials(study)) >= total:
             study.stop()
 
@@ -249,9 +249,9 @@ def optimize(runner: TrialRunner, study, storage) -> None:
         except TrainingInterrupted as stop:
             # The trial is failed; queue it again so that `-r` continues it from its checkpoint.
             retry_callback(options["max_retry"])(study, storage.get_trial(runner.current_trial_id))
-            write_results(study, runner.sweep_dir)
+            write_results(study, runner.sweep_dir, options["plots"])
             raise TrainingInterrupted(stop.exit_code - 128, runner.resume_command) from None
-    write_results(study, runner.sweep_dir, final=True)
+    write_results(study, runner.sweep_dir, options["plots"], final=True)
     if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         logger.info("best: trial %d, %s %.6g; python train.py -c %s reproduces it", study.best_trial.number,
                     runner.monitor_key, study.best_value, runner.sweep_dir / "best_config.json")

@@ -119,9 +119,9 @@ def write_hparams(trial, tensorboard_dir: Path, monitor_key: str) -> None:
             writer.add_scalar(tag, number)
 
 
-def write_results(study, sweep_dir: Path, final: bool = False) -> None:
+def write_results(study, sweep_dir: Path, plots: bool = True, final: bool = False) -> None:
     """Everything above; the plots left out are logged as a warning at the end of the study."""
     write_summary(study, sweep_dir)
-    skipped = write_plots(study, sweep_dir / "plots")
+    skipped = write_plots(study, sweep_dir / "plots") if plots else []
     if skipped:
         (logger.warning if final else logger.debug)("plots left out: %s", "; ".join(skipped))

@@ -27,7 +27,8 @@ WIDE_SPACE = {"optimizer.args.lr": {"type": "float", "low": 0.01, "high": 0.5, "
 def tune_config(tmp_path: Path, space: dict, sampler: dict | None = None, pruner: dict | None = None,
                 **changes) -> Path:
     config = copy.deepcopy(IRIS_CONFIG)
-    config["tune"] = {"space": space, "sampler": sampler, "pruner": pruner}
+    # Plots cost seconds after every trial: only the test that checks them draws them.
+    config["tune"] = {"space": space, "sampler": sampler, "pruner": pruner, "plots": False}
     return make_config(tmp_path, config, **changes)
 
 
@@ -83,7 +84,8 @@ def test_a_broken_tune_section_is_one_error_line_before_any_trial(tmp_path, caps
 
 
 def test_two_workers_on_one_journal_file_run_distinct_trials(tmp_path):
-    config = tune_config(tmp_path, WIDE_SPACE, {"type": "RandomSampler"}, {"type": "NopPruner"})
+    config = tune_config(tmp_path, WIDE_SPACE, {"type": "RandomSampler"}, {"type": "NopPruner"},
+                         **{"tune.plots": True})
     journal = tmp_path / "study.journal"
     args = ("-c", str(config), "--trials", "4", "--run-id", "sweep", "--storage", str(journal))
     workers = [start_worker(*args), start_worker(*args)]

@@ -90,6 +90,7 @@ TUNE = {  # tune.py's search; the space entries are checked in utils/config/tune
     "heartbeat_interval": Field((int,), 60, _positive),
     "grace_period": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
     "max_retry": Field((int,), 3, _non_negative),
+    "plots": Field((bool,), True),
 }
 TOP_LEVEL = {
     "name": Field((str,)),
