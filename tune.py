@@ -55,6 +55,8 @@ def command_line() -> ArgumentParser:
     parser.add_argument("--kfold", action="store_true", help="each trial is a k-fold run; the objective is the mean")
     parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the sweep directory; an existing sweep is joined")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, the space, the sampler and the pruner; write nothing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
     for option in TUNE_OPTIONS:
         parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
@@ -258,12 +260,19 @@ def optimize(runner: TrialRunner, study, storage) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, sweep_dir, settings = resolve_sweep(command_line().parse_intermixed_args(argv))
+    args = command_line().parse_intermixed_args(argv)
+    config, sweep_dir, settings = resolve_sweep(args)
     # Everything is checked before the first trial: the space, the direction, the sampler and the pruner.
-    check_space(config.config)
+    space = check_space(config.config)
     direction = study_direction(config.config)
     quiet_optuna()
     sampler, pruner = build_search_part(config.config, "sampler"), build_search_part(config.config, "pruner")
+    if args.dry_run:
+        print("\n".join(f"{path}: {json.dumps(spec)}" for path, spec in space.items()))
+        print(f"{settings['trials']} trials to {direction} {config['trainer']['monitor'].split()[1]} with "
+              f"{type(sampler).__name__} and {type(pruner).__name__}")
+        print("dry run: the config and the search space are valid; nothing was written")
+        return
     dist.init_distributed()
     storage = None
     if dist.is_main_process() and settings.get("storage"):
