@@ -10,7 +10,6 @@ Writes ``<save_dir>/<name>/<run_id>/``: ``trial_<n>/`` (a run directory each), `
 """
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 from base import dist
@@ -27,21 +26,17 @@ from base.tuning import (
     retry_callback,
     worker_id,
 )
-from config_parser import CLI_OPTIONS, CliOption, ConfigParser
+from config_parser import ConfigParser
 from logger.logger import setup_logging
-from logger.tune_report import write_atomically, write_hparams, write_results
+from logger.tune_report import write_hparams, write_results
 from train import build_trainer, check_one_batch
 from utils.cli import ArgumentParser, interrupt_on_signals, run_cli
 from utils.config.components import section_module
-from utils.config.overrides import parse_overrides
-from utils.config.runs import new_run_dir
-from utils.config.schema import check_path_part
+from utils.config.sweeps import TUNE_OPTIONS, resolve_sweep, start_sweep, sweep_lock
 from utils.config.tune_space import build_search_part, check_space, study_direction, suggest
-from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
-from utils.util import read_json, write_json
+from utils.errors import NonFiniteLossError, TrainingInterrupted
 
 logger = logging.getLogger("tune")
-TUNE_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "number of folds (with --kfold)")]
 
 
 def command_line() -> ArgumentParser:
@@ -64,72 +59,6 @@ def command_line() -> ArgumentParser:
     return parser
 
 
-def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
-    """(the checked base config, the sweep directory or None for a new one, the study's settings)."""
-    modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in TUNE_OPTIONS
-                    if getattr(args, o.flags[0].lstrip("-"), None) is not None}
-    modification |= parse_overrides(args.overrides)
-    sweep_dir, settings = None, {}
-    if args.resume:
-        sweep_dir = Path(args.resume)
-        if not (sweep_dir / "tune.json").is_file():
-            raise ConfigError(str(sweep_dir), "is not a sweep directory of tune.py (it has no tune.json)")
-        raw = read_json(args.config or sweep_dir / "config.json")
-    elif args.config is None:
-        raise ConfigError("command line", "give a config file with -c config.json, or a sweep to continue with -r")
-    else:
-        raw = read_json(args.config)
-    config = ConfigParser(raw, modification=modification)
-    if sweep_dir is None and args.run_id is not None:
-        check_path_part("--run-id", args.run_id)
-        sweep_dir = config.runs_dir / args.run_id
-        # A sweep's tune.json is written first: a folder with a config.json but none is a training run.
-        if (sweep_dir / "config.json").is_file() and not (sweep_dir / "tune.json").is_file():
-            raise ConfigError("--run-id", f"{sweep_dir} is a training run, not a sweep; choose another id")
-    if sweep_dir is not None and (sweep_dir / "tune.json").is_file():
-        settings = read_json(sweep_dir / "tune.json")
-    given = {"storage": args.storage, "study_name": args.study_name, "trials": args.trials,
-             "kfold": True if args.kfold else None}
-    settings |= {key: value for key, value in given.items() if value is not None}
-    if not isinstance(settings.get("trials"), int) or settings["trials"] < 1:
-        raise ConfigError("--trials", "give the number of trials of the study, e.g. --trials 20")
-    if settings.get("storage") and "://" not in settings["storage"]:
-        settings["storage"] = str(Path(settings["storage"]).resolve())  # a journal file: valid from any folder
-    return config, sweep_dir, settings
-
-
-def start_sweep(config: ConfigParser, sweep_dir: Path | None, settings: dict) -> tuple[Path, dict]:
-    """Create (or reopen) the sweep directory and save its config and settings; start its log."""
-    if dist.is_main_process():
-        try:
-            if sweep_dir is None:
-                sweep_dir = new_run_dir(config.runs_dir, None)
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError("trainer.save_dir", f"cannot create the sweep directory: {error}") from None
-        settings = {"kfold": False, "study_name": f"{config['name']}-{sweep_dir.name}"} | settings
-        # Workers started together write the same files: each through its own temporary file.
-        write_atomically(sweep_dir / "tune.json", lambda path: write_json(settings, path))
-        if not (sweep_dir / "config.json").is_file():
-            write_atomically(sweep_dir / "config.json", lambda path: write_json(config.config, path))
-    sweep_dir, settings = dist.broadcast_object((sweep_dir, settings))
-    setup_logging(sweep_dir, config["trainer"]["verbosity"], dist.is_main_process())
-    return sweep_dir, settings
-
-
-@contextmanager
-def sweep_lock(sweep_dir: Path):
-    """One worker at a time creates the storage and the study (SQLite tables are not created safely in parallel)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    with open(sweep_dir / ".tune.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 class TrialRunner:
     """Turns a trial into a run directory ``<sweep>/trial_<n>/`` trained exactly as train.py trains it."""
 
@@ -147,8 +76,8 @@ class TrialRunner:
                 trial.set_user_attr("surplus", True)
                 study.stop()
                 raise SurplusTrial(f"the study has its {self.settings['trials']} trials")
-            self.current_trial_id = trial._trial_id
             trial.set_user_attr("worker", worker_id())
+            self.current_trial_id = trial._trial_id
             modification = suggest(trial, self.space)
             # A retried trial inherits the user attributes of the trial it retries: its run directory too.
             retry_of = trial.user_attrs.get("first_number")
@@ -250,7 +179,9 @@ def optimize(runner: TrialRunner, study, storage) -> None:
             study.optimize(runner.objective(study), catch=(SurplusTrial,), callbacks=[after_trial])
         except TrainingInterrupted as stop:
             # The trial is failed; queue it again so that `-r` continues it from its checkpoint.
-            retry_callback(options["max_retry"])(study, storage.get_trial(runner.current_trial_id))
+            stopped = storage.get_trial(runner.current_trial_id) if runner.current_trial_id is not None else None
+            if stopped is not None and stopped.state.name == "FAIL":
+                retry_callback(options["max_retry"])(study, stopped)
             write_results(study, runner.sweep_dir, options["plots"])
             raise TrainingInterrupted(stop.exit_code - 128, runner.resume_command) from None
     write_results(study, runner.sweep_dir, options["plots"], final=True)
