@@ -77,6 +77,8 @@ class BaseTrainer:
         self.checkpoint_writer = CheckpointWriter()
         self.resume_command = None  # printed on Ctrl-C / SIGTERM; kfold_train.py sets its own
         self.resumed = False
+        # Each is called as callback(epoch, log) once the epoch's checkpoint is saved (tune.py prunes there).
+        self.epoch_callbacks: list = []
 
     def _wrap_model(self, model, options: dict, device_ids: list[int]):
         """Move the model to its device and wrap it: channels-last, compile, DDP or DataParallel."""
@@ -154,6 +156,8 @@ class BaseTrainer:
                     stop_signal = self._agreed_stop_signal()
                     if stop_signal:
                         raise TrainingInterrupted(stop_signal, self.resume_command)
+                    for callback in self.epoch_callbacks:
+                        callback(epoch, log)
                     if stop_early:
                         logger.info("no improvement of %s in %d epochs: stopping early", self.monitor_key,
                                     self.early_stop)

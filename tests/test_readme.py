@@ -15,9 +15,10 @@ import pytest
 import inference
 import kfold_train
 import train
+import tune
 from tests.conftest import REPO
 
-SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference}
+SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune}
 
 
 def readme_commands() -> list[str]:
@@ -49,7 +50,7 @@ def test_readme_command(command, tmp_path, capsys):
         if tokens[0] == "torchrun":
             script_at = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
             tokens = ["python", *tokens[script_at:]]  # torchrun's own options come before the script
-        if tokens[0] in ("wandb", "tensorboard"):
+        if tokens[0] in ("wandb", "tensorboard", "optuna-dashboard"):
             continue
         if tokens[0] == "bash":
             assert (REPO / tokens[1]).is_file()

@@ -125,6 +125,16 @@ INFERENCE = {
     "output": Field((str, NONE), None),
     "tta": Field((list,), []),
 }
+TUNE = {  # tune.py's search; the space entries are checked in utils/config/tune_space.py
+    "direction": Field((str,), "auto", _one_of("auto", "minimize", "maximize")),
+    "space": Field((dict,), {}),
+    "sampler": Field((dict, NONE), None),
+    "pruner": Field((dict, NONE), None),
+    "heartbeat_interval": Field((int,), 60, _positive),
+    "grace_period": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
+    "max_retry": Field((int,), 3, _non_negative),
+    "plots": Field((bool,), True),
+}
 TOP_LEVEL = {
     "name": Field((str,)),
     "n_gpu": Field((int,), 1, _non_negative),
@@ -143,8 +153,9 @@ TOP_LEVEL = {
     "inference": Field((dict,), {}),
     "resume_history": Field((list,), [], _history),
     "task": Field((str, dict), "Classification"),
+    "tune": Field((dict,), {}),
 }
-SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE}
+SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -236,6 +247,9 @@ def validate(config) -> dict:
     if isinstance(resolved["task"], str):  # a bare name: {"type": NAME}
         resolved["task"] = {"type": resolved["task"], "args": {}}
     check_component("task", resolved["task"])
+    for key in ("sampler", "pruner"):
+        if resolved["tune"][key] is not None:
+            check_component(f"tune.{key}", resolved["tune"][key])
     _check_metric_names(resolved)
     return resolved
 

@@ -1,0 +1,229 @@
+"""Hyperparameter search with Optuna: every trial is a run of train.py (or of kfold_train.py).
+
+    python tune.py -c config.json --trials 30                    # the space is the config's "tune" section
+    python tune.py -r saved/Digits_ResNet/20261127_101500        # continue a sweep, or join it as a worker
+    python tune.py -c config.json --trials 30 --storage postgresql://user@host/optuna --study-name digits
+    torchrun --nproc_per_node=2 tune.py -c config.json --trials 30
+
+Writes ``<save_dir>/<name>/<run_id>/``: ``trial_<n>/`` (a run directory each), ``study.db``,
+``tune_summary.csv``, ``best_config.json``, ``plots/`` and ``tensorboard/``.
+"""
+import json
+import logging
+from pathlib import Path
+
+from base import dist
+from base.checkpoint import fold_dirs, resume_candidates
+from base.seeding import configure_determinism, seed_everything
+from base.tuning import (
+    Reporter,
+    SurplusTrial,
+    counted_trials,
+    fail_dead_workers,
+    open_storage,
+    open_study,
+    quiet_optuna,
+    retry_callback,
+    worker_id,
+)
+from config_parser import ConfigParser
+from logger.logger import setup_logging
+from logger.tune_report import write_hparams, write_results
+from train import build_trainer, check_one_batch
+from utils.cli import ArgumentParser, interrupt_on_signals, run_cli
+from utils.config.components import section_module
+from utils.config.sweeps import TUNE_OPTIONS, resolve_sweep, start_sweep, sweep_lock
+from utils.config.tune_space import build_search_part, check_space, study_direction, suggest
+from utils.errors import NonFiniteLossError, TrainingInterrupted
+
+logger = logging.getLogger("tune")
+
+
+def command_line() -> ArgumentParser:
+    parser = ArgumentParser(description="Hyperparameter search: one training run per trial, with Optuna.")
+    parser.add_argument("-c", "--config", help="config file path, with a \"tune\" section")
+    parser.add_argument("-r", "--resume", metavar="SWEEP_DIR", help="continue a sweep (or join it as a worker)")
+    parser.add_argument("--trials", type=int, help="the number of trials of the study, in total over all workers")
+    parser.add_argument("--storage", metavar="URL|JOURNAL_FILE",
+                        help="an optuna storage URL or a journal file path (default: <sweep>/study.db)")
+    parser.add_argument("--study-name", help="the study's name in the storage (default: <name>-<run id>)")
+    parser.add_argument("--kfold", action="store_true", help="each trial is a k-fold run; the objective is the mean")
+    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--run-id", help="name of the sweep directory; an existing sweep is joined")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, the space, the sampler and the pruner; write nothing")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
+    for option in TUNE_OPTIONS:
+        parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value in every trial")
+    return parser
+
+
+class TrialRunner:
+    """Turns a trial into a run directory ``<sweep>/trial_<n>/`` trained exactly as train.py trains it."""
+
+    def __init__(self, config: ConfigParser, sweep_dir: Path, settings: dict):
+        self.base, self.sweep_dir, self.settings = config.config, sweep_dir, settings
+        self.space = self.base["tune"]["space"]
+        self.monitor_key = self.base["trainer"]["monitor"].split()[1]
+        self.resume_command = f"python tune.py -r {sweep_dir}"
+        self.current_trial_id = None
+
+    def objective(self, study):
+        """Optuna's objective (rank 0): draw the parameters, hand them to every process, train."""
+        def objective(trial) -> float:
+            if len(counted_trials(study, before=trial.number)) >= self.settings["trials"]:
+                trial.set_user_attr("surplus", True)
+                study.stop()
+                raise SurplusTrial(f"the study has its {self.settings['trials']} trials")
+            trial.set_user_attr("worker", worker_id())
+            self.current_trial_id = trial._trial_id
+            modification = suggest(trial, self.space)
+            # A retried trial inherits the user attributes of the trial it retries: its run directory too.
+            retry_of = trial.user_attrs.get("first_number")
+            run_dir = self.sweep_dir / f"trial_{trial.number if retry_of is None else retry_of}"
+            config = ConfigParser(self.base, modification=modification).config
+            trial.set_user_attr("first_number", trial.number if retry_of is None else retry_of)
+            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("config", config)
+            resume = bool(fold_dirs(run_dir) if self.settings["kfold"] else resume_candidates(run_dir))
+            logger.info("trial %d%s: %s", trial.number, f" (retry of trial {retry_of})" if retry_of is not None else "",
+                        ", ".join(f"{key}={json.dumps(value)}" for key, value in modification.items()))
+            spec = {"number": trial.number, "config": config, "run_dir": str(run_dir), "resume": resume}
+            dist.broadcast_object(spec)
+            return self.run(spec, trial)
+        return objective
+
+    def follow(self) -> None:
+        """Ranks other than 0 under torchrun: run each trial rank 0 hands over, until it says stop."""
+        import optuna
+
+        while (spec := dist.broadcast_object(None)) is not None:
+            try:
+                self.run(spec, None)
+            except optuna.TrialPruned:
+                pass
+
+    def run(self, spec: dict, trial) -> float:
+        """Train one trial on every process; returns its best monitored value (the k-fold mean)."""
+        reporter = Reporter(trial, self.monitor_key)
+        run_dir = Path(spec["run_dir"])
+        try:
+            if self.settings["kfold"]:
+                return self._train_kfold(ConfigParser(spec["config"], run_dir=run_dir), reporter)
+            config = ConfigParser(spec["config"], run_dir=run_dir, resume=run_dir if spec["resume"] else None)
+            seed_everything(config["seed"])  # as train.py does: best_config.json reproduces the trial
+            configure_determinism(config["deterministic"])
+            trainer = build_trainer(config)
+            check_one_batch(trainer)
+            config.start_run()
+            trainer.resume_command = self.resume_command
+            trainer.epoch_callbacks.append(reporter.epoch_callback(trainer))
+            trainer.train()
+            if trial is not None:
+                trial.set_user_attr("best_epoch", trainer.best_epoch)
+            return trainer.monitor_best
+        except NonFiniteLossError as error:
+            reporter.stop(f"pruned: {error}")
+        finally:
+            setup_logging(self.sweep_dir, self.base["trainer"]["verbosity"], dist.is_main_process())
+
+    def _train_kfold(self, config: ConfigParser, reporter: Reporter) -> float:
+        """kfold_train.py's folds; the running mean of the folds' best values is reported after each fold."""
+        from kfold_train import check_same_folds, make_folds, run_fold, summarize
+
+        seed_everything(config["seed"])
+        configure_determinism(config["deterministic"])
+        train_dataset = config.init_obj("dataset", section_module("dataset"))
+        options = config["kfold"]
+        folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
+                           options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
+        check_same_folds(config, folds)
+        config.start_run()
+        rows = []
+        for fold, (_, held_out) in enumerate(folds):
+            result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
+            rows.append(json.loads(result_file.read_text()) if result_file.is_file()
+                        else run_fold(config, fold, train_dataset, held_out))
+            mean = sum(row[f"best_{self.monitor_key}"] for row in rows) / len(rows)
+            setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
+            reporter.report(fold, mean, mean, None, f"fold {fold + 1}/{len(folds)}")
+        if dist.is_main_process():
+            summarize(config, rows, train_dataset)
+        return mean
+
+
+def optimize(runner: TrialRunner, study, storage) -> None:
+    """Run trials until the study has ``--trials`` of them; the results are rewritten after each one."""
+    options, total = runner.base["tune"], runner.settings["trials"]
+    fail_dead_workers(study, storage, options["max_retry"])
+
+    def after_trial(study, trial) -> None:
+        if trial.user_attrs.get("surplus"):
+            return
+        value = trial.value if trial.value is not None else trial.user_attrs.get("best_value")
+        logger.info("trial %d %s: %s %s%s", trial.number, trial.state.name.lower(), runner.monitor_key,
+                    f"{value:.6g}" if value is not None else "-", f" ({trial.user_attrs['note']})"
+                    if "note" in trial.user_attrs else "")
+        write_hparams(trial, runner.sweep_dir / "tensorboard", runner.monitor_key)
+        fail_dead_workers(study, storage, options["max_retry"])
+        write_results(study, runner.sweep_dir, options["plots"])
+        if len(counted_trials(study)) >= total:
+            study.stop()
+
+    if len(counted_trials(study)) >= total:
+        logger.info("the study %r already has its %d trials (give -r with --trials N for more)",
+                    study.study_name, total)
+    else:
+        try:
+            study.optimize(runner.objective(study), catch=(SurplusTrial,), callbacks=[after_trial])
+        except TrainingInterrupted as stop:
+            # The trial is failed; queue it again so that `-r` continues it from its checkpoint.
+            stopped = storage.get_trial(runner.current_trial_id) if runner.current_trial_id is not None else None
+            if stopped is not None and stopped.state.name == "FAIL":
+                retry_callback(options["max_retry"])(study, stopped)
+            write_results(study, runner.sweep_dir, options["plots"])
+            raise TrainingInterrupted(stop.exit_code - 128, runner.resume_command) from None
+    write_results(study, runner.sweep_dir, options["plots"], final=True)
+    if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        logger.info("best: trial %d, %s %.6g; python train.py -c %s reproduces it", study.best_trial.number,
+                    runner.monitor_key, study.best_value, runner.sweep_dir / "best_config.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = command_line().parse_intermixed_args(argv)
+    config, sweep_dir, settings = resolve_sweep(args)
+    # Everything is checked before the first trial: the space, the direction, the sampler and the pruner.
+    space = check_space(config.config)
+    direction = study_direction(config.config)
+    quiet_optuna()
+    sampler, pruner = build_search_part(config.config, "sampler"), build_search_part(config.config, "pruner")
+    if args.dry_run:
+        print("\n".join(f"{path}: {json.dumps(spec)}" for path, spec in space.items()))
+        print(f"{settings['trials']} trials to {direction} {config['trainer']['monitor'].split()[1]} with "
+              f"{type(sampler).__name__} and {type(pruner).__name__}")
+        print("dry run: the config and the search space are valid; nothing was written")
+        return
+    dist.init_distributed()
+    storage = None
+    if dist.is_main_process() and settings.get("storage"):
+        storage = open_storage(settings["storage"], sweep_dir, config["tune"])  # a bad URL: before any folder
+    sweep_dir, settings = start_sweep(config, sweep_dir, settings)
+    runner = TrialRunner(config, sweep_dir, settings)
+    restore_signals = interrupt_on_signals(runner.resume_command)
+    try:
+        if not dist.is_main_process():
+            runner.follow()
+        else:
+            with sweep_lock(sweep_dir):
+                storage = storage or open_storage(None, sweep_dir, config["tune"])
+                study = open_study(storage, settings["study_name"], direction, sampler, pruner)
+            optimize(runner, study, storage)
+            dist.broadcast_object(None)  # the other processes stop waiting for a trial
+    finally:
+        restore_signals()
+    dist.close_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)
