@@ -131,6 +131,14 @@ class CheckpointWriter:
         return f"cannot write the checkpoint of {what}: {reason}; {kept}. Free some space (or fix the folder), " \
                "then resume"
 
+    def failed(self) -> bool:
+        """Whether a save that has finished in the background failed (``wait()`` raises its error).
+
+        It does not wait: training checks it at its regular host syncs, so a failed write stops the
+        run within a few batches instead of at the next save.
+        """
+        return self._pending is not None and self._pending.done() and self._pending.exception() is not None
+
     def wait(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:

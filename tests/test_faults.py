@@ -91,6 +91,19 @@ def test_a_checkpoint_write_failure_is_one_error_line_and_the_previous_checkpoin
     assert config["optimizer"]["args"]["lr"] == 0.01 and not config["resume_history"]
 
 
+def test_a_failed_background_write_stops_the_next_epoch_within_a_few_batches(run):
+    """last.pth alone is written in the background: its failure must not let training go on for epochs."""
+    size = (run / "last.pth").stat().st_size
+    result = subprocess.run([sys.executable, "train.py", "-r", str(run), "trainer.epochs=4", "trainer.monitor=off",
+                             "trainer.log_step=2"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit_file_size(size // 2), env={**__import__("os").environ,
+                                                                       "OMP_NUM_THREADS": "1"})
+    assert_one_error_line(result, "last.pth", "epoch 2", "EFBIG", "still safe on disk")
+    assert not list(run.glob("*.tmp"))
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1
+    assert len(pd.read_csv(run / "metrics.csv")) == 2, "it stopped in epoch 3, not after training on"
+
+
 def test_resume_with_a_new_lr_and_gamma_trains_with_them_and_records_the_change(run):
     result = run_script("train.py", "-r", str(run), "trainer.epochs=2", "--lr", "0.05",
                         "lr_scheduler.args.gamma=0.1", check=True)

@@ -12,7 +12,7 @@ from base.metric_tracker import MetricTracker
 from base.mixup import build_mixer
 from logger.class_balance import report_class_balance
 from logger.visualization import input_grid
-from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.util import autocast, is_image_batch, to_device
 
 logger = logging.getLogger(__name__)
@@ -168,8 +168,12 @@ class Trainer(BaseTrainer):
         """Stop on a non-finite loss; log the recent loss. Returns the stop signal all processes agree on."""
         values = torch.stack(losses).tolist()  # the host sync
         bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
-        # Every process agrees on a non-finite loss and on a stop signal.
-        any_bad, stop_signal = dist.all_max([float(bool(bad)), float(self._stop_signal or 0)], self.device)
+        # Every process agrees on a non-finite loss, a stop signal and a failed checkpoint write.
+        any_bad, stop_signal, write_failed = dist.all_max(
+            [float(bool(bad)), float(self._stop_signal or 0), float(self.checkpoint_writer.failed())], self.device)
+        if write_failed:
+            self.checkpoint_writer.wait()  # the main process raises the write's own error
+            raise CheckpointError("checkpoint", "the main process could not write a checkpoint (see its error)")
         if any_bad and not bad:
             raise NonFiniteLossError(f"epoch {epoch}: the loss is not finite on another process")
         if bad:
