@@ -301,3 +301,29 @@ def test_class_balance_report_in_the_log_and_tensorboard(tmp_path):
     assert f"{'mask':<16}{train_counts[0]:>8}" in log and f"{'normal':<16}{train_counts[1]:>8}" in log
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     assert "data/class_balance" in events.Tags()["images"]
+
+
+# -- 5. under torchrun ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_groups_and_the_balanced_sampler_under_torchrun_with_ema_and_mixup(tmp_path):
+    """2 gloo processes: folds hold out whole groups as in one process; the balanced sampler, the EMA and
+    MixUp run under DDP; the out-of-fold predictions cover every sample once."""
+    from tests.test_distributed import torchrun
+
+    root = face_mask_csv(tmp_path / "images")
+    config = make_config(tmp_path, GROUPED_CONFIG, **{
+        "dataset.args.root": str(root), "data_loader.args.sampler": "balanced", "trainer.epochs": 2,
+        "trainer.ema": {"decay": 0.9}, "trainer.mixup": {"mixup_alpha": 0.4, "cutmix_alpha": 0.0}})
+    torchrun("kfold_train.py", "-c", str(config), "--folds", "3", check=True, timeout=300)
+    (run,) = run_dirs(tmp_path, "Grouped")
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert len(oof) == 48 and oof["id"].is_unique
+    assert oof.groupby("group")["fold"].nunique().max() == 1
+    dataset = ImageDataset(str(root), csv_file="train.csv", group_column="person")
+    codes = np.unique(dataset.groups, return_inverse=True)[1]
+    expected = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=2).split(
+        np.zeros(len(dataset)), dataset.targets, codes)
+    fold_of = {dataset.sample_id(int(i)): k for k, (_, held) in enumerate(expected) for i in held}
+    assert oof.set_index("id")["fold"].to_dict() == fold_of
+    checkpoint = torch.load(run / "fold_0" / "last.pth", weights_only=True)
+    assert checkpoint["ema"] is not None and len(checkpoint["rng_states"]) == 2
