@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         storage = open_storage(settings["storage"], sweep_dir, config["tune"])  # a bad URL: before any folder
     sweep_dir, settings = start_sweep(config, sweep_dir, settings)
     runner = TrialRunner(config, sweep_dir, settings)
-    restore_signals = interrupt_on_signals(runner.resume_command)
-    try:
+    with interrupt_on_signals(runner.resume_command):
         if not dist.is_main_process():
             runner.follow()
         else:
@@ -220,8 +219,6 @@ def main(argv: list[str] | None = None) -> None:
                 study = open_study(storage, settings["study_name"], direction, sampler, pruner)
             optimize(runner, study, storage)
             dist.broadcast_object(None)  # the other processes stop waiting for a trial
-    finally:
-        restore_signals()
     dist.close_distributed()
 
 
