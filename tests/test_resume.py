@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import REPO, make_config, run_dirs, run_script
+from tests.conftest import REPO, assert_identical, assert_same_tensors, make_config, run_dirs, run_script
 
 ENV = {"OMP_NUM_THREADS": "1"}  # one thread per run: two runs share the two cores without contention
 AUGMENT = [{"type": "RandomAffine", "args": {"degrees": 15, "translate": [0.1, 0.1]}}]
@@ -90,29 +90,6 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 def epochs_in(run_dir: Path) -> list[int]:
     return [int(row["epoch"]) for row in metrics_rows(run_dir)]
-
-
-def assert_same_tensors(expected: dict, actual: dict) -> None:
-    assert expected.keys() == actual.keys()
-    different = [key for key in expected if not torch.equal(expected[key], actual[key])]
-    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
-
-
-def assert_identical(expected, actual, where: str = "checkpoint") -> None:
-    """Nested dicts, lists, tensors and numbers, equal bit for bit."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype, where
-        assert torch.equal(expected, actual), where
-    elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and expected.keys() == actual.keys(), where
-        for key in expected:
-            assert_identical(expected[key], actual[key], f"{where}[{key!r}]")
-    elif isinstance(expected, (list, tuple)):
-        assert isinstance(actual, (list, tuple)) and len(expected) == len(actual), where
-        for i, (a, b) in enumerate(zip(expected, actual)):
-            assert_identical(a, b, f"{where}[{i}]")
-    else:
-        assert expected == actual, f"{where}: {expected!r} != {actual!r}"
 
 
 def assert_same_run(reference: Path, run: Path, epochs: int) -> None:
