@@ -294,3 +294,13 @@ def test_resume_in_process_continues_the_random_state(tmp_path):
     expected, actual = load(straight / "last.pth"), load(split / "last.pth")
     assert_same_tensors(expected["state_dict"], actual["state_dict"])
     assert read_metrics(split)[1][-1]["loss"] == read_metrics(straight)[1][-1]["loss"]
+
+
+def test_an_epoch_scheduler_steps_once_per_epoch(tmp_path):
+    run = train_in_process(tmp_path, IRIS_CONFIG, **{
+        "trainer.epochs": 4, "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}})
+    _, rows = read_metrics(run)
+    # The lr column is the rate each epoch trained with: 0.1 halved after every epoch.
+    assert [float(row["lr"]) for row in rows] == pytest.approx([0.1 * 0.5 ** (epoch - 1) for epoch in range(1, 5)],
+                                                               rel=1e-12)
+    assert load(run / "last.pth")["lr_scheduler"]["last_epoch"] == 4
