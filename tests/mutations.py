@@ -100,7 +100,7 @@ SABOTAGES = [
 
 
 def run_one(sabotage: Sabotage) -> str:
-    """CAUGHT, SURVIVED or STALE."""
+    """CAUGHT (with the first error line of the failing test), SURVIVED or STALE."""
     with tempfile.TemporaryDirectory(prefix="mutation_") as temp:
         copy = Path(temp) / "repo"
         shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns("saved", ".git", "__pycache__", ".pytest_cache",
@@ -115,7 +115,11 @@ def run_one(sabotage: Sabotage) -> str:
         if result.returncode not in (0, 1):  # 2-5: interrupted, internal or usage error, nothing collected
             print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
             return f"ERROR (pytest exit {result.returncode})"
-        return "CAUGHT" if result.returncode == 1 else "SURVIVED"
+        if result.returncode == 0:
+            return "SURVIVED"
+        reasons = [line[1:].strip() for line in result.stdout.splitlines() if line.startswith("E ")]
+        reasons = [reason for reason in reasons if reason]
+        return "CAUGHT" + (f": {reasons[0][:100]}" if reasons else "")
 
 
 def main(words: list[str]) -> int:
@@ -124,8 +128,10 @@ def main(words: list[str]) -> int:
     for sabotage in chosen:
         started = time.monotonic()
         outcomes[sabotage.name] = run_one(sabotage)
-        print(f"{outcomes[sabotage.name]:<9} {sabotage.name}  ({time.monotonic() - started:.0f} s)", flush=True)
-    caught = sum(outcome == "CAUGHT" for outcome in outcomes.values())
+        outcome, _, reason = outcomes[sabotage.name].partition(": ")
+        print(f"{outcome:<9} {sabotage.name}  ({time.monotonic() - started:.0f} s){'  ' + reason if reason else ''}",
+              flush=True)
+    caught = sum(outcome.startswith("CAUGHT") for outcome in outcomes.values())
     print(f"{caught} of {len(outcomes)} sabotages caught")
     return 0 if caught == len(outcomes) else 1
 
