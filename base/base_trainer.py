@@ -241,7 +241,7 @@ class BaseTrainer:
             "metrics": log,
             "classes": [str(name) for name in self.classes] if self.classes is not None else None,
             "loss_args": self.loss_args,
-            "epoch_state": self._epoch_state() if batches_done else {},
+            "epoch_state": dist.gather_objects(self._epoch_state()) if batches_done else {},  # one per process
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
@@ -295,7 +295,10 @@ class BaseTrainer:
                              epoch=checkpoint["epoch"] + 1)
         self.start_epoch = checkpoint["epoch"] + 1
         self.resume_batches = checkpoint["batches_done"]
-        self.resume_state = dict(checkpoint["epoch_state"])
+        epoch_states = checkpoint["epoch_state"]
+        if isinstance(epoch_states, list):  # stopped mid-epoch: each process continues its own running totals
+            epoch_states = epoch_states[dist.get_rank()] if dist.get_rank() < len(epoch_states) else epoch_states[0]
+        self.resume_state = dict(epoch_states)
         self.global_step = checkpoint["global_step"]
         if checkpoint["config"]["trainer"]["monitor"] == self.monitor:
             self.monitor_best = checkpoint["monitor_best"]

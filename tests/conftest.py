@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +78,53 @@ def run_dirs(tmp_path: Path, name: str = "Tiny") -> list[Path]:
     """The run directories created under tmp_path/saved/<name>/, oldest first."""
     root = tmp_path / "saved" / name
     return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+
+
+def launch(*args: str, faults: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    """``run_script("tests/launch.py", *args)``: a script run with a fault injected (see tests/launch.py).
+
+    Example: ``launch("train.py", "-c", str(config), faults={"LAUNCH_SIGNALS": "15@30"})``.
+    """
+    return run_script("tests/launch.py", *args, env={**kwargs.pop("env", {}), **faults}, **kwargs)
+
+
+def assert_same_tensor(expected: torch.Tensor, actual, where: str = "tensor") -> None:
+    """Exactly the same tensor: type, dtype, shape and every value (NaN equal to NaN in the same place)."""
+    assert isinstance(actual, torch.Tensor), f"{where}: {type(actual).__name__} is not a tensor"
+    assert actual.dtype == expected.dtype, f"{where}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{where}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    same = torch.equal(actual, expected)
+    if not same and expected.is_floating_point():
+        same = torch.equal(actual.isnan(), expected.isnan()) and torch.equal(actual.nan_to_num(), expected.nan_to_num())
+    assert same, f"{where}: values differ"
+
+
+def assert_same_tensors(expected: dict, actual: dict) -> None:
+    """Two state dicts hold the same names and, under each, exactly the same tensor."""
+    assert expected.keys() == actual.keys(), sorted(set(expected) ^ set(actual))
+    different = []
+    for key in expected:
+        try:
+            assert_same_tensor(expected[key], actual[key], key)
+        except AssertionError as error:
+            different.append(str(error))
+    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
+
+
+def assert_identical(expected, actual, where: str = "checkpoint") -> None:
+    """Nested dicts, lists, tensors and numbers, equal bit for bit (tensors also in dtype and shape)."""
+    if isinstance(expected, torch.Tensor):
+        assert_same_tensor(expected, actual, where)
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and expected.keys() == actual.keys(), where
+        for key in expected:
+            assert_identical(expected[key], actual[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)) and len(expected) == len(actual), where
+        for i, (a, b) in enumerate(zip(expected, actual)):
+            assert_identical(a, b, f"{where}[{i}]")
+    else:
+        assert type(expected) is type(actual) and expected == actual, f"{where}: {actual!r} != {expected!r}"
 
 
 @pytest.fixture

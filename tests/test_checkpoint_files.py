@@ -31,7 +31,16 @@ from base.checkpoint import (
     strip_module_prefix,
 )
 from model.model import ResNet
-from tests.conftest import IRIS_CONFIG, REPO, TINY_CONFIG, make_config, run_dirs, run_script
+from tests.conftest import (
+    IRIS_CONFIG,
+    REPO,
+    TINY_CONFIG,
+    assert_same_tensor,
+    assert_same_tensors,
+    make_config,
+    run_dirs,
+    run_script,
+)
 from utils.cli import run_cli
 from utils.errors import CheckpointError
 
@@ -57,12 +66,6 @@ def in_parallel(jobs: dict) -> dict:
 def load_plain(path: Path) -> dict:
     """A checkpoint read the way any PyTorch user reads it, without this template's code."""
     return torch.load(path, weights_only=True, map_location="cpu")
-
-
-def assert_same_tensors(expected: dict, actual: dict) -> None:
-    assert expected.keys() == actual.keys()
-    different = [key for key in expected if not torch.equal(expected[key], actual[key])]
-    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -144,6 +147,34 @@ def test_checkpoints_of_the_tabular_example_load_with_weights_only(runs):
         assert SECTION_5_KEYS <= checkpoint.keys()
     resumed = train("-r", str(runs.iris), "trainer.epochs=2", check=False)
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.slow
+def test_periodic_and_best_checkpoints_are_hard_links_to_last(runs):
+    """checkpoint-epoch{N}.pth and model_best.pth are the same file as the last.pth of their epoch."""
+    metrics = pd.read_csv(runs.run / "metrics.csv")
+    best_epoch = int(metrics.loc[metrics["val_accuracy"].idxmax(), "epoch"])
+    files = {name: os.stat(runs.run / name) for name in
+             ("last.pth", "checkpoint-epoch1.pth", "checkpoint-epoch2.pth", "model_best.pth")}
+    assert files["checkpoint-epoch2.pth"].st_ino == files["last.pth"].st_ino
+    assert files["checkpoint-epoch1.pth"].st_ino != files["last.pth"].st_ino
+    assert files["model_best.pth"].st_ino == files[f"checkpoint-epoch{best_epoch}.pth"].st_ino
+    names_per_file = {}
+    for name, stat in files.items():
+        names_per_file.setdefault(stat.st_ino, []).append(name)
+    for name, stat in files.items():
+        assert stat.st_nlink == len(names_per_file[stat.st_ino]), (name, names_per_file)
+
+
+def test_exact_comparison_sees_dtype_and_shape():
+    """The helper that compares resumed runs: equal values in another dtype or shape are not the same."""
+    values = torch.tensor([1.0, 2.0, float("nan")])
+    assert_same_tensor(values, values.clone())
+    for other in (values.double(), values.reshape(1, 3), torch.tensor([1.0, 2.0, 3.0])):
+        with pytest.raises(AssertionError):
+            assert_same_tensor(values, other)
+    with pytest.raises(AssertionError):
+        assert_same_tensors({"w": torch.ones(2, dtype=torch.int64)}, {"w": torch.ones(2)})
 
 
 def test_strip_module_prefix_on_a_data_parallel_model():

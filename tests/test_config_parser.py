@@ -2,6 +2,7 @@
 import copy
 import json
 import logging
+import os
 from datetime import datetime as real_datetime
 from functools import partial
 
@@ -19,7 +20,7 @@ from dataset.datasets import IrisDataset
 from logger.logger import setup_logging
 from tests.conftest import IRIS_CONFIG, TINY_CONFIG, make_config
 from utils.config.overrides import apply_modifications, parse_overrides
-from utils.errors import ConfigError
+from utils.errors import CheckpointError, ConfigError
 
 
 def iris(tmp_path, **changes) -> dict:
@@ -344,3 +345,18 @@ def test_get_logger_refuses_an_unknown_verbosity(tmp_path):
     config = ConfigParser(iris(tmp_path))
     with pytest.raises(ConfigError, match="verbosity"):
         config.get_logger("test_config_parser.bad", 3)
+
+
+@pytest.mark.parametrize("script", ["train", "kfold_train", "inference"])
+def test_device_option_sets_cuda_visible_devices(script, tmp_path, monkeypatch, restore_logging):
+    """`-d 1,0` selects the GPUs of the run, before anything touches CUDA: each script sets the variable."""
+    import importlib
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")
+    main = importlib.import_module(script).main
+    if script == "inference":
+        with pytest.raises(CheckpointError):  # the variable is set first, then the checkpoint is looked for
+            main(["--resume", str(tmp_path / "missing.pth"), "-d", "1,0"])
+    else:
+        main(["-c", str(make_config(tmp_path, IRIS_CONFIG)), "--device", "1,0", "--dry-run"])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,0"

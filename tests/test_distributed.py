@@ -1,6 +1,7 @@
 """DistributedDataParallel on CPU (gloo), started the way torchrun starts it; AMP, accumulation, clipping."""
 import copy
 import json
+import signal
 
 import pandas as pd
 import pytest
@@ -9,14 +10,26 @@ import torch
 import train
 from base.seeding import seed_everything
 from config_parser import ConfigParser
-from tests.conftest import IRIS_CONFIG, REPO, make_config, run_dirs, run_script
+from tests.conftest import (
+    IRIS_CONFIG,
+    REPO,
+    assert_identical,
+    assert_same_tensors,
+    make_config,
+    run_dirs,
+    run_script,
+)
 
 pytestmark = pytest.mark.slow
 
-# 120 iris training samples, 24 held out: 96 for training, an even number of batches of 8 and 16.
+# 121 iris training samples (test_size 0.19), 25 held out: 96 for training, 6 batches of 8 per process and
+# epoch (the same samples as 6 batches of 16 in one process). The 25 validation samples do not split
+# evenly over 2 processes (13 + 12): padding the shards to equal sizes would count one sample twice.
 DDP_CONFIG = copy.deepcopy(IRIS_CONFIG)
-DDP_CONFIG["data_loader"]["args"] |= {"validation_split": 24, "batch_size": 8}
-DDP_CONFIG["trainer"] |= {"epochs": 4, "monitor": "min val_loss"}
+DDP_CONFIG["dataset"]["args"]["test_size"] = 0.19
+DDP_CONFIG["data_loader"]["args"] |= {"validation_split": 25, "batch_size": 8}
+DDP_CONFIG["trainer"] |= {"epochs": 4, "monitor": "min val_loss", "log_step": 2}
+BATCHES_PER_EPOCH = 6
 
 
 def torchrun(*args, processes: int = 2, **kwargs):
@@ -26,6 +39,14 @@ def torchrun(*args, processes: int = 2, **kwargs):
 
 def weights(run) -> dict:
     return torch.load(run / "last.pth", weights_only=True, map_location="cpu")["state_dict"]
+
+
+def last_state(run) -> dict:
+    return torch.load(run / "last.pth", weights_only=True, map_location="cpu")
+
+
+def metrics_without_time(run) -> pd.DataFrame:
+    return pd.read_csv(run / "metrics.csv", dtype=str).drop(columns="epoch_time")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +75,8 @@ def test_ddp_matches_one_process_with_the_same_global_batch(ddp_run, tmp_path):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
     ddp_metrics, single_metrics = pd.read_csv(run / "metrics.csv"), pd.read_csv(single_run / "metrics.csv")
-    for column in ("val_loss", "val_accuracy"):  # validation is exact over all samples of all ranks
+    # Validation is exact over all 25 samples of both processes (13 + 12), none counted twice.
+    for column in ("val_loss", "val_accuracy"):
         assert ddp_metrics[column].tolist() == pytest.approx(single_metrics[column].tolist(), abs=1e-5)
 
 
@@ -64,8 +86,7 @@ def test_ddp_resume_and_checkpoints_across_ddp_and_single_process(ddp_run, tmp_p
     torchrun("train.py", "-c", str(config), check=True, timeout=240)
     (part,) = run_dirs(tmp_path, "TinyIris")
     torchrun("train.py", "-r", str(part), "trainer.epochs=4", check=True, timeout=240)
-    for key, value in weights(run).items():
-        assert torch.equal(weights(part)[key], value), "a DDP resume ends where the uninterrupted DDP run ends"
+    assert_same_tensors(weights(run), weights(part))  # a DDP resume ends where the uninterrupted DDP run ends
     assert list(pd.read_csv(part / "metrics.csv")["epoch"]) == [1, 2, 3, 4]
     # A DDP checkpoint continues in one process, and back under DDP.
     run_script("train.py", "-r", str(part), "trainer.epochs=5", "data_loader.args.batch_size=16", check=True)
@@ -105,14 +126,58 @@ def test_early_stopping_on_one_ranks_metric_stops_all_ranks(tmp_path):
     assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1, 2, 3]
 
 
-def test_non_finite_loss_stops_every_rank(tmp_path):
-    config = make_config(tmp_path, DDP_CONFIG, **{
-        "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 1e30}}, "trainer.log_step": 3})
-    result = torchrun("train.py", "-c", str(config), timeout=240)
+def test_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+    config = make_config(tmp_path, DDP_CONFIG)
+    # Rank 1's outputs are NaN from its 8th training batch on (epoch 2, batch 2, a log step); rank 0's
+    # losses up to then are finite, so it learns of the NaN only from rank 1.
+    result = torchrun("tests/launch.py", "train.py", "-c", str(config), timeout=240,
+                      env={"LAUNCH_RANK": "1", "LAUNCH_NAN_FROM": str(BATCHES_PER_EPOCH + 2)})
     assert result.returncode != 0
-    assert "error: epoch 2, batch" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert any(line.startswith("error: epoch 2, batch 2: the loss is nan") for line in errors), result.stderr
+    assert "error: epoch 2: the loss is not finite on another process" in errors, result.stderr
     (run,) = run_dirs(tmp_path, "TinyIris")
-    assert torch.load(run / "last.pth", weights_only=True)["epoch"] == 1
+    checkpoint = last_state(run)
+    assert checkpoint["epoch"] == 1 and checkpoint["batches_done"] == 0
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_sigterm_on_one_process_mid_epoch_then_resume_equals_the_uninterrupted_run(ddp_run, tmp_path):
+    reference, _ = ddp_run
+    config = make_config(tmp_path, DDP_CONFIG)
+    # SIGTERM reaches rank 0 only, in its 9th training batch (epoch 2, batch 3); both processes stop at
+    # the next log step, after batch 4, and rank 0 saves the state of both.
+    stopped = torchrun("tests/launch.py", "train.py", "-c", str(config), timeout=240,
+                       env={"LAUNCH_SIGNALS": f"{signal.SIGTERM.value}@{BATCHES_PER_EPOCH + 3}"})
+    assert stopped.returncode != 0
+    (run,) = run_dirs(tmp_path, "TinyIris")
+    assert f"stopped by SIGTERM; resume with: python train.py -r {run}" in stopped.stderr, stopped.stderr
+    checkpoint = last_state(run)
+    assert (checkpoint["epoch"], checkpoint["batches_done"]) == (1, 4)
+    assert len(checkpoint["rng_states"]) == 2, "the random state of each process"
+
+    torchrun("train.py", "-r", str(run), check=True, timeout=240)
+    expected, actual = last_state(reference), last_state(run)
+    assert_same_tensors(expected["state_dict"], actual["state_dict"])
+    for key in ("epoch", "global_step", "optimizer", "monitor_best", "not_improved_count", "best_epoch"):
+        assert_identical(expected[key], actual[key], key)
+    pd.testing.assert_frame_equal(metrics_without_time(run), metrics_without_time(reference))
+
+
+def test_gradient_accumulation_under_ddp_matches_the_same_global_batch(ddp_run, tmp_path):
+    """Batches of 4, 2 processes, 2 accumulated batches: the same 16 samples per step as the DDP run
+    with batches of 8 (and as one process with batches of 16)."""
+    reference, _ = ddp_run
+    config = make_config(tmp_path, DDP_CONFIG, **{"data_loader.args.batch_size": 4, "trainer.grad_accum_steps": 2})
+    torchrun("train.py", "-c", str(config), check=True, timeout=240)
+    (run,) = run_dirs(tmp_path, "TinyIris")
+    assert last_state(run)["global_step"] == last_state(reference)["global_step"] == 4 * BATCHES_PER_EPOCH
+    expected, got = weights(reference), weights(run)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
+    accumulated, plain = pd.read_csv(run / "metrics.csv"), pd.read_csv(reference / "metrics.csv")
+    for column in ("loss", "val_loss", "val_accuracy"):
+        assert accumulated[column].tolist() == pytest.approx(plain[column].tolist(), abs=1e-5)
 
 
 def test_kfold_under_torchrun(tmp_path):
@@ -120,7 +185,7 @@ def test_kfold_under_torchrun(tmp_path):
     torchrun("kfold_train.py", "-c", str(config), "--folds", "2", check=True, timeout=300)
     (run,) = run_dirs(tmp_path, "TinyIris")
     oof = pd.read_csv(run / "oof_predictions.csv")
-    assert sorted(oof["id"]) == list(range(120))
+    assert sorted(oof["id"]) == list(range(121))
     assert list(pd.read_csv(run / "kfold_summary.csv")["fold"].astype(str)) == ["0", "1", "mean", "std"]
 
 

@@ -83,9 +83,14 @@ class ParityDataset(BaseDataset):
 
 def test_add_a_dataset(tmp_path, monkeypatch):
     add_to_module(monkeypatch, module_dataset, ParityDataset)
+    add_to_module(monkeypatch, module_metric, SampleCount)
     metrics = train_once(tmp_path, dataset={"type": "ParityDataset", "args": {"n": 120}},
-                         arch={"type": "MLP", "args": {"in_features": 6, "num_classes": 2, "hidden": [8]}})
-    assert metrics["val_accuracy"].iloc[0] >= 0.0 and len(metrics) == 1
+                         arch={"type": "MLP", "args": {"in_features": 6, "num_classes": 2, "hidden": [8]}},
+                         metrics=["accuracy", {"type": "SampleCount", "name": "samples"}])
+    # The 120 parity vectors, not the digits: 20% held out, and the model reads 6 features.
+    assert list(metrics["samples"]) == [96] and list(metrics["val_samples"]) == [24]
+    (run,) = run_dirs(tmp_path)
+    assert torch.load(run / "last.pth", weights_only=True)["state_dict"]["net.0.weight"].shape == (8, 6)
 
 
 calls = []
@@ -172,12 +177,13 @@ def test_step_scheduler(tmp_path):
 
 
 def test_add_transforms(tmp_path, monkeypatch):
-    seen = []
+    seen = []  # (training view?, the sample as transformed, the sample as loaded)
     original = BaseDataset.__getitem__
 
     def spy(self, key):
         sample, target = original(self, key)
-        seen.append((self.augment, float(sample.abs().sum())))
+        index = key[0] if isinstance(key, tuple) else key
+        seen.append((self.augment, sample, self.load(index)[0]))
         return sample, target
 
     monkeypatch.setattr(BaseDataset, "__getitem__", spy)
@@ -185,7 +191,15 @@ def test_add_transforms(tmp_path, monkeypatch):
         {"type": "RandomAffine", "args": {"degrees": 10, "translate": [0.1, 0.1]}},
         {"type": "RandomApply", "args": {"transforms": [{"type": "GaussianBlur", "args": {"kernel_size": 3}}],
                                          "p": 0.5}}]})
-    assert any(augment for augment, _ in seen) and any(not augment for augment, _ in seen)
+    training = [(sample, raw) for augment, sample, raw in seen if augment]
+    validation = [(sample, raw) for augment, sample, raw in seen if not augment]
+    assert len(training) >= 1150 and len(validation) == 287
+    # Training samples went through the transforms (a random affine map changes most 8x8 images: 86% here) ...
+    changed = sum(not torch.equal(sample, raw) for sample, raw in training)
+    assert changed >= 0.5 * len(training), f"only {changed} of {len(training)} training samples were transformed"
+    assert all(sample.shape == raw.shape and sample.dtype == raw.dtype for sample, raw in training)
+    # ... and validation samples, without an eval_transform, are left as they are.
+    assert all(torch.equal(sample, raw) for sample, raw in validation)
 
 
 class HalfStepTrainer(Trainer):
@@ -208,10 +222,17 @@ class HalfStepTrainer(Trainer):
 
 def test_custom_trainer(tmp_path, monkeypatch):
     add_to_module(monkeypatch, module_trainer, HalfStepTrainer)
-    train_once(tmp_path, **{"trainer.type": "HalfStepTrainer"})
+    add_to_module(monkeypatch, module_metric, SampleCount)
+    metrics = train_once(tmp_path, **{"trainer.type": "HalfStepTrainer",
+                                      "metrics": ["accuracy", {"type": "SampleCount", "name": "samples"}]})
     (run,) = run_dirs(tmp_path)
     state = torch.load(run / "last.pth", weights_only=True)
     assert state["global_step"] == 18 and state["config"]["trainer"]["type"] == "HalfStepTrainer"
+    # 1,150 training samples in batches of 64 (17 full, then 62); it trains on len // 2 + 1 of each.
+    batches = [64] * 17 + [62]
+    assert sum(batches) == 1150
+    assert metrics["samples"].iloc[0] == sum(n // 2 + 1 for n in batches)  # 593, where Trainer counts 1150
+    assert metrics["val_samples"].iloc[0] == 287  # validation is the inherited one
 
 
 def test_new_project_copy_is_clean_and_its_tests_pass(tmp_path):

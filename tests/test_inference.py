@@ -191,6 +191,18 @@ def test_image_folder_with_another_class_count_is_an_error(image_run):
     assert not (run / "predictions.csv").exists()
 
 
+def test_labelled_images_with_other_class_names_of_the_same_count_are_an_error(image_run):
+    """Two classes, as the model has, but not cat and dog: index 0 would silently mean something else."""
+    tmp_path, run = image_run
+    for name, brightness in (("ant", 0), ("bee", 150)):
+        write_images(tmp_path / "insects" / name, 2, seed=4, brightness=brightness)
+    output = tmp_path / "insects.csv"
+    result = infer("--resume", str(run / "model_best.pth"), image_dataset_section(tmp_path / "insects"),
+                   "--output", str(output), check=False)
+    assert_one_error(result, "ant, bee", "cat, dog")
+    assert not output.exists()
+
+
 # -- ensembles ----------------------------------------------------------------------------------------
 
 

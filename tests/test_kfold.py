@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from dataset.datasets import DigitsDataset
 from kfold_train import make_folds
-from tests.conftest import REPO, make_config, run_dirs, run_script
+from tests.conftest import REPO, assert_identical, assert_same_tensors, make_config, run_dirs, run_script
 from utils.errors import ConfigError
 
 FOLDS = 3
@@ -48,7 +49,29 @@ def kfold_summary(run) -> pd.DataFrame:
 
 
 def without_epoch_time(metrics_csv) -> pd.DataFrame:
-    return pd.read_csv(metrics_csv).drop(columns="epoch_time")
+    """metrics.csv as text (exact), without the epoch_time column (the only one that may differ)."""
+    return pd.read_csv(metrics_csv, dtype=str).drop(columns="epoch_time")
+
+
+def as_text(csv_file) -> pd.DataFrame:
+    return pd.read_csv(csv_file, dtype=str)
+
+
+def assert_same_folds(expected_run, run, folds) -> None:
+    """Each fold's weights, training state and metrics.csv equal bit for bit; the k-fold results too."""
+    for k in folds:
+        for name in ("last.pth", "model_best.pth"):
+            expected = torch.load(expected_run / f"fold_{k}" / name, weights_only=True)
+            actual = torch.load(run / f"fold_{k}" / name, weights_only=True)
+            assert_same_tensors(expected["state_dict"], actual["state_dict"])
+            for key in ("epoch", "global_step", "optimizer", "monitor_best", "not_improved_count", "best_epoch"):
+                assert_identical(expected[key], actual[key], f"fold_{k}/{name}[{key!r}]")
+        pd.testing.assert_frame_equal(without_epoch_time(run / f"fold_{k}" / "metrics.csv"),
+                                      without_epoch_time(expected_run / f"fold_{k}" / "metrics.csv"))
+    for name in ("kfold_summary.csv", "oof_predictions.csv"):
+        pd.testing.assert_frame_equal(as_text(run / name), as_text(expected_run / name))
+    assert json.loads((run / "oof_metrics.json").read_text()) == json.loads(
+        (expected_run / "oof_metrics.json").read_text())
 
 
 # -- the folds -----------------------------------------------------------------------------------------
@@ -224,11 +247,7 @@ def test_a_fold_does_not_depend_on_the_folds_before_it(kfold_run, tmp_path):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     result = run_script("kfold_train.py", "-r", str(copy), env=ONE_THREAD, check=True)
     assert "fold 1/3 is finished: skipping it" in result.stdout
-    for k in (1, 2):
-        pd.testing.assert_frame_equal(without_epoch_time(copy / f"fold_{k}" / "metrics.csv"),
-                                      without_epoch_time(run / f"fold_{k}" / "metrics.csv"))
-    pd.testing.assert_frame_equal(kfold_summary(copy), kfold_summary(run))
-    pd.testing.assert_frame_equal(pd.read_csv(copy / "oof_predictions.csv"), pd.read_csv(run / "oof_predictions.csv"))
+    assert_same_folds(run, copy, folds=(1, 2))
 
 
 # -- an interrupted k-fold run ------------------------------------------------------------------------
@@ -268,14 +287,7 @@ def test_sigterm_during_a_fold_then_resume_equals_an_uninterrupted_run(kfold_run
     assert "fold 2/3 is finished" not in result.stdout
     assert "fold 2/3" in result.stdout and "(resumed)" in result.stdout
 
-    for k in range(FOLDS):
-        pd.testing.assert_frame_equal(without_epoch_time(run / f"fold_{k}" / "metrics.csv"),
-                                      without_epoch_time(baseline / f"fold_{k}" / "metrics.csv"))
-    pd.testing.assert_frame_equal(pd.read_csv(run / "kfold_summary.csv"), pd.read_csv(baseline / "kfold_summary.csv"))
-    pd.testing.assert_frame_equal(pd.read_csv(run / "oof_predictions.csv"),
-                                  pd.read_csv(baseline / "oof_predictions.csv"))
-    assert json.loads((run / "oof_metrics.json").read_text()) == json.loads(
-        (baseline / "oof_metrics.json").read_text())
+    assert_same_folds(baseline, run, folds=range(FOLDS))
 
 
 # -- the command line ---------------------------------------------------------------------------------

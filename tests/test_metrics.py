@@ -170,17 +170,34 @@ def test_state_dict_of_an_empty_tracker():
 
 
 def test_metric_functions_on_a_hand_made_batch():
-    output = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [0.3, 0.3, 0.4]])
+    # No ties within a row: scikit-learn and torch.topk may order tied scores differently.
+    output = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.06, 0.04], [0.2, 0.3, 0.5], [0.35, 0.25, 0.4]])
     target = torch.tensor([1, 1, 0, 0])
-    assert accuracy(output, target).item() == pytest.approx(0.25)
+    assert all(len(set(row)) == len(row) for row in output.tolist())
+    y_true, scores, labels = target.numpy(), output.numpy(), [0, 1, 2]
+    assert accuracy(output, target).item() == pytest.approx(accuracy_score(y_true, scores.argmax(1)))
+    # Counted by hand: the target is among the two highest scores in rows 0, 1 and 3.
+    assert top_k_accuracy_score(y_true, scores, k=2, labels=labels) == 0.75
     assert top_k_acc(output, target, k=2).item() == pytest.approx(0.75)
-    assert top_k_acc(output, target, k=3).item() == pytest.approx(1.0)
+    assert top_k_acc(output, target, k=3).item() == pytest.approx(top_k_accuracy_score(y_true, scores, k=3,
+                                                                                        labels=labels))
     # k larger than the number of classes is all of them.
     assert top_k_acc(output, target, k=10).item() == pytest.approx(1.0)
     f1 = MacroF1()
     f1.update(output, target)
-    assert f1.compute() == pytest.approx(f1_score(target.numpy(), output.argmax(1).numpy(), average="macro",
-                                                  zero_division=0))
+    assert f1.compute() == pytest.approx(f1_score(y_true, scores.argmax(1), average="macro", zero_division=0))
+
+
+def test_scenarios_have_no_ties_at_the_top_k_boundary():
+    """Whether the target is in the top k never depends on how tied scores are ordered in make_data's
+    batches, so the top-k expectations from scikit-learn hold for any tie order."""
+    for scenario in ("random", "never_present", "never_predicted", "mixed", "perfect"):
+        output, target = make_data(103, scenario)
+        for row, label in zip(output.tolist(), target.tolist()):
+            above = sum(score > row[label] for score in row)
+            at_least = sum(score >= row[label] for score in row)
+            for k in (2, 3):
+                assert (at_least <= k) == (above < k), (scenario, row, label, k)
 
 
 def test_macro_f1_with_fixed_num_classes_accumulates_batches():

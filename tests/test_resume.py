@@ -21,7 +21,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import REPO, make_config, run_dirs, run_script
+from tests.conftest import (
+    REPO,
+    assert_identical,
+    assert_same_tensors,
+    launch,
+    make_config,
+    run_dirs,
+    run_script,
+)
 
 ENV = {"OMP_NUM_THREADS": "1"}  # one thread per run: two runs share the two cores without contention
 AUGMENT = [{"type": "RandomAffine", "args": {"degrees": 15, "translate": [0.1, 0.1]}}]
@@ -90,29 +98,6 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 def epochs_in(run_dir: Path) -> list[int]:
     return [int(row["epoch"]) for row in metrics_rows(run_dir)]
-
-
-def assert_same_tensors(expected: dict, actual: dict) -> None:
-    assert expected.keys() == actual.keys()
-    different = [key for key in expected if not torch.equal(expected[key], actual[key])]
-    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
-
-
-def assert_identical(expected, actual, where: str = "checkpoint") -> None:
-    """Nested dicts, lists, tensors and numbers, equal bit for bit."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype, where
-        assert torch.equal(expected, actual), where
-    elif isinstance(expected, dict):
-        assert isinstance(actual, dict) and expected.keys() == actual.keys(), where
-        for key in expected:
-            assert_identical(expected[key], actual[key], f"{where}[{key!r}]")
-    elif isinstance(expected, (list, tuple)):
-        assert isinstance(actual, (list, tuple)) and len(expected) == len(actual), where
-        for i, (a, b) in enumerate(zip(expected, actual)):
-            assert_identical(a, b, f"{where}[{i}]")
-    else:
-        assert expected == actual, f"{where}: {expected!r} != {actual!r}"
 
 
 def assert_same_run(reference: Path, run: Path, epochs: int) -> None:
@@ -330,6 +315,41 @@ def test_signal_mid_epoch_saves_a_checkpoint_to_resume_from(runs, tmp_path, sign
 
     train(*command[1].split()[2:])  # the command it printed, "python train.py" being train()
     assert_same_run(runs["interrupt reference"], run, epochs=3)
+
+
+@pytest.mark.slow
+def test_resume_skips_the_done_batches_without_loading_them(runs, tmp_path):
+    config = make_config(tmp_path, **INTERRUPT)
+    # SIGTERM in the 40th batch of epoch 2: the run stops after that batch.
+    stopped = launch("train.py", "-c", str(config), env=ENV,
+                     faults={"LAUNCH_SIGNALS": f"{signal.SIGTERM.value}@{INTERRUPT_BATCHES + 40}"})
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    (run,) = run_dirs(tmp_path)
+    checkpoint = load_plain(run / "last.pth")
+    assert (checkpoint["epoch"], checkpoint["batches_done"]) == (1, 40)
+
+    loads = tmp_path / "loads.txt"
+    launch("train.py", "-r", str(run), env=ENV, faults={"LAUNCH_LOADS": str(loads)}, check=True)
+    # The rest of epoch 2 and all of epoch 3; at most one batch more (a check before training starts).
+    batch_size, n_train = INTERRUPT["data_loader.args.batch_size"], 1150
+    expected = (n_train - 40 * batch_size) + n_train
+    assert expected <= int(loads.read_text()) <= expected + batch_size, "the resumed run loaded the done batches"
+    assert_same_run(runs["interrupt reference"], run, epochs=3)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_aborts_at_once(tmp_path):
+    config = make_config(tmp_path, **INTERRUPT)
+    # Two Ctrl-C in the same batch of epoch 2: the first asks for a checkpoint after the batch, the
+    # second aborts before the batch ends, so no checkpoint of epoch 2 is written.
+    result = launch("train.py", "-c", str(config), env=ENV,
+                    faults={"LAUNCH_SIGNALS": f"{signal.SIGINT.value}@{INTERRUPT_BATCHES + 5}," * 2})
+    assert result.returncode in (-signal.SIGINT, 128 + signal.SIGINT), result.stderr
+    assert "SIGINT received" in result.stdout + result.stderr, "the first Ctrl-C was not handled"
+    (run,) = run_dirs(tmp_path)
+    checkpoint = load_plain(run / "last.pth")
+    assert (checkpoint["epoch"], checkpoint["batches_done"]) == (1, 0), "it saved after the second Ctrl-C"
+    assert epochs_in(run) == [1]
 
 
 # -- 6. SIGKILL at a random moment ----------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """TensorBoard, wandb and metrics.csv, read back from the files a run writes."""
+import signal
 import struct
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import make_config, run_dirs, run_script
+from tests.conftest import launch, make_config, run_dirs, run_script
 
 BLOCK = 32768  # the .wandb file is a log of 32 KiB blocks of (crc, length, type)-framed records
 
@@ -88,6 +89,28 @@ def test_tensorboard_scalars_per_epoch_continue_after_resume(tracked_run):
         round(v, 5) for v in metrics["val_accuracy"]]
     step_losses = [event.step for event in accumulator.Scalars("loss/train_step")]
     assert step_losses == sorted(set(step_losses)), "per-step losses continue without a repeat"
+
+
+def test_tensorboard_hides_the_events_of_an_epoch_redone_after_a_crash(tmp_path):
+    config = make_config(tmp_path, **{"trainer.epochs": 3, "trainer.tensorboard": True, "trainer.log_step": 5})
+    # Killed right after epoch 3 is recorded (metrics.csv, TensorBoard), before its checkpoint: the
+    # resumed run redoes epoch 3 (or 2 and 3, if the epoch-2 checkpoint was still being written).
+    crashed = launch("train.py", "-c", str(config), faults={"LAUNCH_KILL_AFTER_EPOCH": "3"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    (run,) = run_dirs(tmp_path)
+    assert torch.load(run / "last.pth", weights_only=True)["epoch"] in (1, 2)
+    assert events(run / "tensorboard").Scalars("epoch")[-1].value == 3, "the crashed epoch was recorded"
+
+    run_script("train.py", "-r", str(run), check=True)
+    accumulator = events(run / "tensorboard")
+    assert [event.value for event in accumulator.Scalars("epoch")] == [1, 2, 3]
+    metrics = pd.read_csv(run / "metrics.csv")
+    for tag, column in (("accuracy/val", "val_accuracy"), ("loss/train", "loss"), ("loss/train_step", None)):
+        scalars = accumulator.Scalars(tag)
+        steps = [event.step for event in scalars]
+        assert steps == sorted(set(steps)), f"{tag}: a step shown twice"
+        if column:
+            assert [round(e.value, 5) for e in scalars] == [round(v, 5) for v in metrics[column]], tag
 
 
 def test_tensorboard_images_and_hparams(tracked_run):

@@ -10,7 +10,7 @@ import train
 from base.checkpoint import load_checkpoint
 from config_parser import ConfigParser
 from logger.logger import setup_logging
-from tests.conftest import IRIS_CONFIG, TINY_CONFIG, make_config, run_dirs
+from tests.conftest import IRIS_CONFIG, TINY_CONFIG, assert_same_tensors, make_config, run_dirs
 from utils.util import read_json
 
 # The digits with a small MLP: no BatchNorm or dropout, so with lr=0 nothing changes between epochs.
@@ -254,3 +254,53 @@ def test_iris_checkpoint_loads_with_weights_only(tmp_path):
     checkpoint = load(run_dir / "last.pth")
     assert checkpoint["epoch"] == 1
     assert checkpoint["classes"] == ["setosa", "versicolor", "virginica"]
+
+
+def plateau_lrs(values: list[float], lr: float, factor: float, patience: int, threshold: float = 1e-4) -> list[float]:
+    """The learning rate of each epoch under ReduceLROnPlateau(mode="max"), stepped with each epoch's value:
+    a hand-written version of its rule (relative threshold, no cooldown)."""
+    lrs, best, bad_epochs = [], -math.inf, 0
+    for value in values:
+        lrs.append(lr)
+        if value > best * (1 + threshold):
+            best, bad_epochs = value, 0
+        else:
+            bad_epochs += 1
+        if bad_epochs > patience:
+            lr, bad_epochs = lr * factor, 0
+    return lrs
+
+
+def test_reduce_lr_on_plateau_lowers_the_lr_after_patience_epochs_without_improvement(tmp_path):
+    run = train_in_process(tmp_path, IRIS_CONFIG, **{
+        "trainer.epochs": 12, "trainer.monitor": "max val_accuracy", "optimizer.args.lr": 0.2,
+        "lr_scheduler": {"type": "ReduceLROnPlateau", "args": {"mode": "max", "factor": 0.5, "patience": 1}}})
+    _, rows = read_metrics(run)
+    accuracy = [float(row["val_accuracy"]) for row in rows]
+    expected = plateau_lrs(accuracy, lr=0.2, factor=0.5, patience=1)
+    assert expected[-1] < 0.2, f"no plateau in {accuracy}: the test needs one"
+    assert [float(row["lr"]) for row in rows] == pytest.approx(expected, rel=1e-12)
+
+
+def test_resume_in_process_continues_the_random_state(tmp_path):
+    """Dropout draws from torch's global generator: a resumed run gets the same masks only when the
+    checkpoint's random state is restored (here the resume starts in a process that drew other numbers)."""
+    changes = {"arch.args.dropout": 0.5, "arch.args.hidden": [32], "trainer.epochs": 3, "trainer.save_period": 0}
+    (tmp_path / "straight").mkdir(), (tmp_path / "split").mkdir()
+    straight = train_in_process(tmp_path / "straight", IRIS_CONFIG, **changes)
+    split = train_in_process(tmp_path / "split", IRIS_CONFIG, **changes | {"trainer.epochs": 1})
+    torch.rand(1000)
+    train.main(["-r", str(split), "trainer.epochs=3"])
+    expected, actual = load(straight / "last.pth"), load(split / "last.pth")
+    assert_same_tensors(expected["state_dict"], actual["state_dict"])
+    assert read_metrics(split)[1][-1]["loss"] == read_metrics(straight)[1][-1]["loss"]
+
+
+def test_an_epoch_scheduler_steps_once_per_epoch(tmp_path):
+    run = train_in_process(tmp_path, IRIS_CONFIG, **{
+        "trainer.epochs": 4, "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}})
+    _, rows = read_metrics(run)
+    # The lr column is the rate each epoch trained with: 0.1 halved after every epoch.
+    assert [float(row["lr"]) for row in rows] == pytest.approx([0.1 * 0.5 ** (epoch - 1) for epoch in range(1, 5)],
+                                                               rel=1e-12)
+    assert load(run / "last.pth")["lr_scheduler"]["last_epoch"] == 4

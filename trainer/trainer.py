@@ -66,7 +66,9 @@ class Trainer(BaseTrainer):
                                                  "data_loader.args.validation_split is 0")
 
     def resume(self, checkpoint: dict, path) -> None:
-        stopped_with = checkpoint["epoch_state"].get("batch_size", self.data_loader.batch_size)
+        epoch_state = checkpoint["epoch_state"]  # stopped mid-epoch: one per process, the same batch size
+        epoch_state = epoch_state[0] if isinstance(epoch_state, list) else epoch_state
+        stopped_with = epoch_state.get("batch_size", self.data_loader.batch_size)
         if checkpoint["batches_done"] and stopped_with != self.data_loader.batch_size:
             raise ConfigError("data_loader.args.batch_size", f"the checkpoint stopped in the middle of an epoch with "
                                                              f"batch size {stopped_with}; resume with it (it may "

@@ -1,0 +1,105 @@
+"""Run train.py or kfold_train.py as a user does, with one fault injected at an exact point (tests only).
+
+    python tests/launch.py train.py -c config.json [ARGS ...]
+    python -m torch.distributed.run --nproc_per_node=2 tests/launch.py train.py -c config.json
+
+A test that sends a signal "a quarter into epoch 2" depends on timing; this sends it during a chosen
+forward pass instead. What to inject comes from the environment (each one optional):
+
+    LAUNCH_RANK=0               the DDP rank the faults below apply to (default 0; every rank counts)
+    LAUNCH_SIGNALS=15@8,2@8     during the 8th training forward pass of the process, send it these signals
+    LAUNCH_NAN_FROM=8           from the 8th training forward pass on, the model's outputs are NaN
+    LAUNCH_KILL_AFTER_EPOCH=2   SIGKILL the process right after epoch 2 is recorded (metrics.csv,
+                                TensorBoard), before its checkpoint is written
+    LAUNCH_LOADS=FILE           at exit, write to FILE how many training samples were loaded
+                                (calls of the dataset's __getitem__ with the training transform)
+
+Only the components' public interfaces are touched (the model's call, the dataset's __getitem__, the
+recorder's log_epoch), so the scripts run as they are.
+"""
+import atexit
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from base.base_dataset import BaseDataset  # noqa: E402
+from base.base_model import BaseModel  # noqa: E402
+
+
+def this_rank_is_targeted() -> bool:
+    return os.environ.get("RANK", "0") == os.environ.get("LAUNCH_RANK", "0")
+
+
+def instrument_model(signals: dict[int, list[int]], nan_from: int | None) -> None:
+    forward_passes = 0
+    original_call = BaseModel.__call__
+
+    def call(self, *args, **kwargs):
+        nonlocal forward_passes
+        output = original_call(self, *args, **kwargs)
+        # Only the model of model/model.py in training mode (not the pre-training check, not validation).
+        if not (self.training and type(self).__module__ == "model.model" and this_rank_is_targeted()):
+            return output
+        forward_passes += 1
+        if nan_from is not None and forward_passes >= nan_from:
+            output = output * float("nan")
+        for signum in signals.get(forward_passes, []):
+            os.kill(os.getpid(), signum)  # its handler runs right here, in the middle of the batch
+        return output
+
+    BaseModel.__call__ = call
+
+
+def count_loads(path: str) -> None:
+    loads = 0
+    original = BaseDataset.__getitem__
+
+    def getitem(self, key):
+        nonlocal loads
+        if self.augment:
+            loads += 1
+        return original(self, key)
+
+    BaseDataset.__getitem__ = getitem
+    atexit.register(lambda: Path(path).write_text(str(loads)))
+
+
+def kill_after_epoch(epoch: int) -> None:
+    from logger.recorder import RunRecorder
+
+    original = RunRecorder.log_epoch
+
+    def log_epoch(self, log, *args, **kwargs):
+        original(self, log, *args, **kwargs)
+        if log["epoch"] == epoch and this_rank_is_targeted():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    RunRecorder.log_epoch = log_epoch
+
+
+def main() -> None:
+    signals: dict[int, list[int]] = {}
+    for item in filter(None, os.environ.get("LAUNCH_SIGNALS", "").split(",")):
+        signum, at = item.split("@")
+        signals.setdefault(int(at), []).append(int(signum))
+    nan_from = os.environ.get("LAUNCH_NAN_FROM")
+    instrument_model(signals, int(nan_from) if nan_from else None)
+    if os.environ.get("LAUNCH_LOADS"):
+        count_loads(os.environ["LAUNCH_LOADS"])
+    if os.environ.get("LAUNCH_KILL_AFTER_EPOCH"):
+        kill_after_epoch(int(os.environ["LAUNCH_KILL_AFTER_EPOCH"]))
+    torch.set_num_threads(1)
+    script, *args = sys.argv[1:]
+    sys.argv = [script, *args]
+    runpy.run_path(str(REPO / script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Does the suite notice when a guarantee breaks? One-line sabotages of the product, each run against the
+tests that should catch it.
+
+    python tests/mutations.py                 # every sabotage (tens of minutes on 2 cores)
+    python tests/mutations.py purge_step rng  # those whose name contains one of the words
+
+For each sabotage: copy the repository to a temporary folder (without saved/, .git/ and caches),
+replace the old text by the new one in one file, and run the listed tests there. CAUGHT: a test
+failed. SURVIVED: every test passed, so the guarantee can break unnoticed: strengthen a test.
+STALE: the old text is no longer found exactly once (the product code moved): update the entry.
+Exit code 1 if any sabotage survived or is stale.
+
+Add an entry whenever a new guarantee gets a test. This file is not collected by pytest.
+"""
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Sabotage(NamedTuple):
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: list[str]
+
+
+SABOTAGES = [
+    Sabotage("skip the epoch scheduler step", "trainer/trainer.py",
+             "            else:\n                self.lr_scheduler.step()",
+             "            else:\n                pass",
+             ["tests/test_trainer_checkpoints.py::test_an_epoch_scheduler_steps_once_per_epoch"]),
+    Sabotage("skip the ReduceLROnPlateau step", "trainer/trainer.py",
+             'self.lr_scheduler.step(log[self.monitor_key or "loss"])', "pass",
+             ["tests/test_trainer_checkpoints.py::"
+              "test_reduce_lr_on_plateau_lowers_the_lr_after_patience_epochs_without_improvement"]),
+    Sabotage("drop purge_step", "logger/recorder.py",
+             "purge_step=resumed_step + 1 if resumed_epoch is not None else None", "purge_step=None",
+             ["tests/test_tracking.py::test_tensorboard_hides_the_events_of_an_epoch_redone_after_a_crash"]),
+    Sabotage("pad DDP validation shards", "base/base_data_loader.py",
+             "shard = self.valid_indices[get_rank() :: get_world_size()]",
+             "shard = self.valid_indices[list(DistributedSampler(self.valid_indices, get_world_size(), get_rank(), "
+             "shuffle=False))]",
+             ["tests/test_distributed.py::test_ddp_matches_one_process_with_the_same_global_batch"]),
+    Sabotage("ignore train_transform", "base/base_dataset.py",
+             "transform = self.train_transform if self.augment else self.eval_transform",
+             "transform = self.eval_transform",
+             ["tests/test_extension.py::test_add_transforms"]),
+    Sabotage("copy instead of hard-linking checkpoints", "base/checkpoint.py",
+             "        os.link(source, temp)", "        shutil.copyfile(source, temp)",
+             ["tests/test_checkpoint_files.py::test_periodic_and_best_checkpoints_are_hard_links_to_last"]),
+    Sabotage("stop restoring RNG state", "base/base_trainer.py",
+             "            set_rng_state(self._rng_to_restore)", "            pass",
+             ["tests/test_trainer_checkpoints.py::test_resume_in_process_continues_the_random_state"]),
+    Sabotage("drop the checksum check", "base/checkpoint.py",
+             "if hashlib.sha256(data[:tag_at]).hexdigest() != expected:", "if False:",
+             ["tests/test_checkpoint_files.py::test_load_checkpoint_names_a_damaged_file"]),
+    Sabotage("average metrics over batches", "base/metric_tracker.py",
+             "self.add_total(batch_mean.detach() * n, n)", "self.add_total(batch_mean.detach(), 1)",
+             ["tests/test_metrics.py::test_many_batches_flush_in_groups",
+              "tests/test_metrics.py::test_tracker_matches_sklearn_over_uneven_batches"]),
+    Sabotage("average the loss over batches", "base/metric_tracker.py",
+             "loss_total = sum(loss.double() * n for loss, n in zip(losses, counts))",
+             "loss_total = sum(loss.double() for loss in losses) * sum(counts) / len(counts)",
+             ["tests/test_metrics.py::test_loss_is_sample_weighted"]),
+    Sabotage("a second Ctrl-C does not abort", "base/base_trainer.py",
+             "raise KeyboardInterrupt  # a second Ctrl-C aborts at once", "pass",
+             ["tests/test_resume.py::test_a_second_ctrl_c_aborts_at_once"]),
+    Sabotage("a NaN on another process goes unnoticed", "trainer/trainer.py",
+             "if flags[0] and not bad:", "if False:",
+             ["tests/test_distributed.py::test_non_finite_loss_on_one_process_stops_every_process"]),
+    Sabotage("a mid-epoch checkpoint keeps rank 0's running totals only", "base/base_trainer.py",
+             '"epoch_state": dist.gather_objects(self._epoch_state()) if batches_done else {}',
+             '"epoch_state": [self._epoch_state()] * dist.get_world_size() if batches_done else {}',
+             ["tests/test_distributed.py::test_sigterm_on_one_process_mid_epoch_then_resume_equals_the_uninterrupted_run"]),
+    Sabotage("DDP never syncs accumulated gradients", "trainer/trainer.py",
+             "sync = step_now or not isinstance(", "sync = (step_now and self.accum_steps == 1) or not isinstance(",
+             ["tests/test_distributed.py::test_gradient_accumulation_under_ddp_matches_the_same_global_batch"]),
+    Sabotage("accumulated losses are not divided", "trainer/trainer.py",
+             "loss / self.accum_steps if self.accum_steps > 1 else loss", "loss",
+             ["tests/test_distributed.py::test_gradient_accumulation_matches_a_full_batch"]),
+    Sabotage("resume loads the done batches", "base/base_data_loader.py",
+             "self.epoch_sampler.skip = count * self.batch_size",
+             "self.epoch_sampler.skip = 0; [batch for batch, _ in zip(self, range(count))]; "
+             "self.epoch_sampler.skip = count * self.batch_size",
+             ["tests/test_resume.py::test_resume_skips_the_done_batches_without_loading_them"]),
+    Sabotage("inference accepts other class names", "inference.py",
+             "and list(dataset.classes) != list(model_classes):", "and False:",
+             ["tests/test_inference.py::test_labelled_images_with_other_class_names_of_the_same_count_are_an_error"]),
+    Sabotage("focal loss without its modulating factor", "model/loss.py",
+             "loss = -((1 - log_prob.exp()) ** gamma) * log_prob", "loss = -log_prob",
+             ["tests/test_losses.py"]),
+]
+
+
+def run_one(sabotage: Sabotage) -> str:
+    """CAUGHT (with the first error line of the failing test), SURVIVED or STALE."""
+    with tempfile.TemporaryDirectory(prefix="mutation_") as temp:
+        copy = Path(temp) / "repo"
+        shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns("saved", ".git", "__pycache__", ".pytest_cache",
+                                                                  "wandb", "*.pyc"))
+        path = copy / sabotage.file
+        text = path.read_text() if path.is_file() else ""
+        if text.count(sabotage.old) != 1:
+            return "STALE"
+        path.write_text(text.replace(sabotage.old, sabotage.new))
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0",
+                                 *sabotage.tests], cwd=copy, capture_output=True, text=True)
+        if result.returncode not in (0, 1):  # 2-5: interrupted, internal or usage error, nothing collected
+            print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
+            return f"ERROR (pytest exit {result.returncode})"
+        if result.returncode == 0:
+            return "SURVIVED"
+        reasons = [line[1:].strip() for line in result.stdout.splitlines() if line.startswith("E ")]
+        reasons = [reason for reason in reasons if reason]
+        return "CAUGHT" + (f": {reasons[0][:100]}" if reasons else "")
+
+
+def main(words: list[str]) -> int:
+    chosen = [s for s in SABOTAGES if not words or any(word in s.name for word in words)]
+    outcomes = {}
+    for sabotage in chosen:
+        started = time.monotonic()
+        outcomes[sabotage.name] = run_one(sabotage)
+        outcome, _, reason = outcomes[sabotage.name].partition(": ")
+        print(f"{outcome:<9} {sabotage.name}  ({time.monotonic() - started:.0f} s){'  ' + reason if reason else ''}",
+              flush=True)
+    caught = sum(outcome.startswith("CAUGHT") for outcome in outcomes.values())
+    print(f"{caught} of {len(outcomes)} sabotages caught")
+    return 0 if caught == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
