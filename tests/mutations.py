@@ -32,11 +32,11 @@ class Sabotage(NamedTuple):
 
 
 SABOTAGES = [
-    Sabotage("skip the epoch scheduler step", "trainer/trainer.py",
-             "            else:\n                self.lr_scheduler.step()",
-             "            else:\n                pass",
+    Sabotage("skip the epoch scheduler step", "base/base_trainer.py",
+             "        else:\n            self.lr_scheduler.step()",
+             "        else:\n            pass",
              ["tests/test_trainer_checkpoints.py::test_an_epoch_scheduler_steps_once_per_epoch"]),
-    Sabotage("skip the ReduceLROnPlateau step", "trainer/trainer.py",
+    Sabotage("skip the ReduceLROnPlateau step", "base/base_trainer.py",
              'self.lr_scheduler.step(log[self.monitor_key or "loss"])', "pass",
              ["tests/test_trainer_checkpoints.py::"
               "test_reduce_lr_on_plateau_lowers_the_lr_after_patience_epochs_without_improvement"]),
@@ -73,7 +73,7 @@ SABOTAGES = [
              "raise KeyboardInterrupt  # a second Ctrl-C aborts at once", "pass",
              ["tests/test_resume.py::test_a_second_ctrl_c_aborts_at_once"]),
     Sabotage("a NaN on another process goes unnoticed", "trainer/trainer.py",
-             "if flags[0] and not bad:", "if False:",
+             "if any_bad and not bad:", "if False:",
              ["tests/test_distributed.py::test_non_finite_loss_on_one_process_stops_every_process"]),
     Sabotage("a mid-epoch checkpoint keeps rank 0's running totals only", "base/base_trainer.py",
              '"epoch_state": dist.gather_objects(self._epoch_state()) if batches_done else {}',
@@ -96,6 +96,16 @@ SABOTAGES = [
     Sabotage("focal loss without its modulating factor", "model/loss.py",
              "loss = -((1 - log_prob.exp()) ** gamma) * log_prob", "loss = -log_prob",
              ["tests/test_losses.py"]),
+    Sabotage("bypass the custom step hook", "trainer/trainer.py",
+             "loss, output = self._train_step(inputs, step_target)",
+             "output = self.model(inputs); loss = self.criterion(output, step_target)",
+             ["tests/test_custom_trainer.py::test_readme_trainer_follows_the_schedule_and_is_used"]),
+    Sabotage("validate the raw weights instead of the EMA", "base/base_trainer.py",
+             "            return self.ema.module", "            pass",
+             ["tests/test_ema_mixup.py::test_ema_and_mixup_resume_after_sigterm_equals_the_uninterrupted_run"]),
+    Sabotage("split groups across the validation split", "base/base_data_loader.py",
+             "        if groups is not None:", "        if False:",
+             ["tests/test_groups_imbalance.py::test_validation_split_keeps_every_group_on_one_side"]),
 ]
 
 
