@@ -242,7 +242,8 @@ def test_new_project_copy_is_clean_and_its_tests_pass(tmp_path):
     names = {p.name for p in target.rglob("*")}
     assert {"train.py", "config.json", "README.md", "requirements.txt", ".ci"} <= names
     assert not names & {".git", "saved", "__pycache__", ".pytest_cache", "wandb"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_smoke.py"],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+                             "tests/test_smoke.py"],
                             cwd=target, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     again = subprocess.run([sys.executable, "-m", "utils.new_project", str(target)], cwd=REPO,
