@@ -20,7 +20,9 @@ def init_distributed() -> None:
 
 
 def close_distributed() -> None:
+    """Leave the process group together: no process tears it down while another still uses it."""
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -86,7 +86,10 @@ def plain_run(base: dict, epochs: int) -> tuple[tuple[float, float], float]:
                                             stratify=np.asarray(dataset.targets), random_state=0)
     train_idx, valid_idx = np.sort(train_idx), np.sort(valid_idx)
     model = getattr(module_arch, base["arch"]["type"])(**base["arch"]["args"])
-    optimizer = getattr(torch.optim, base["optimizer"]["type"])(model.parameters(), **base["optimizer"]["args"])
+    # As the template's default (optimizer.no_decay_norm_and_bias): no weight decay on 1-D tensors.
+    groups = [{"params": [p for p in model.parameters() if p.ndim > 1]},
+              {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    optimizer = getattr(torch.optim, base["optimizer"]["type"])(groups, **base["optimizer"]["args"])
     scheduler = None
     if base.get("lr_scheduler"):
         spec = base["lr_scheduler"]
