@@ -23,9 +23,10 @@ from tests.test_resume import assert_same_run, load_plain, metrics_rows, stop, w
 
 RECIPE = {"trainer.type": "MixupTrainer", "trainer.amp": "bf16", "trainer.grad_accum_steps": 2,
           "trainer.grad_clip_norm": 1.0, "trainer.epochs": 3, "data_loader.args.batch_size": 8,
+          "dataset.args.test_size": 0.6,  # 575 training digits: 72 batches of 8 per epoch
           "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}}
 SCHEDULE = [0.01, 0.005, 0.0025]  # Adam's lr 0.01 halved after every epoch
-BATCHES = 144  # 1,150 training digits in batches of 8
+BATCHES = 72
 
 OLD_STYLE = '''
 import torch
@@ -85,7 +86,7 @@ def train_in(repo: Path, folder: Path, changes: dict) -> Path:
 def runs(user_repo, tmp_path_factory):
     """The uninterrupted custom run, a plain Trainer run and the old-style run, two at a time."""
     jobs = {"mixup": RECIPE, "plain": RECIPE | {"trainer.type": "Trainer"},
-            "old style": {"trainer.type": "EpochTrainer", "trainer.epochs": 3,
+            "old style": {"trainer.type": "EpochTrainer", "trainer.epochs": 3, "dataset.args.test_size": 0.6,
                           "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}}}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(train_in, user_repo, tmp_path_factory.mktemp(name.replace(" ", "_")), changes)
