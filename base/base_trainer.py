@@ -13,6 +13,7 @@ from base.checkpoint import FORMAT_VERSION, CheckpointWriter, load_model_weights
 from base.ema import ModelEma
 from base.freezing import BackboneFreezer, rewrap_ddp
 from base.param_groups import group_lrs
+from base.pretrained import load_matching
 from base.resume_changes import apply_resume_changes
 from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
@@ -45,8 +46,7 @@ class BaseTrainer:
         self.save_period = options["save_period"]
         self.early_stop = options["early_stop"]
         self.device = device
-        self.raw_model = model
-        self.model = self._wrap_model(model, options, device_ids or [])
+        self.raw_model, self.model = dist.wrap_model(model, options, device, device_ids or [])
         # Fine-tuning: the backbone frozen for the first epochs, and an EMA of the weights (off by default).
         self.freezer = BackboneFreezer(self.raw_model, options["freeze_backbone_epochs"])
         self.ema = ModelEma(self.raw_model, **options["ema"]) if options["ema"] is not None else None
@@ -79,26 +79,6 @@ class BaseTrainer:
         self.resumed = False
         # Each is called as callback(epoch, log) once the epoch's checkpoint is saved (tune.py prunes there).
         self.epoch_callbacks: list = []
-
-    def _wrap_model(self, model, options: dict, device_ids: list[int]):
-        """Move the model to its device and wrap it: channels-last, compile, DDP or DataParallel."""
-        model = model.to(self.device)
-        if options["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        if dist.is_distributed():
-            if options["sync_batchnorm"] and self.device.type != "cuda":
-                raise ConfigError("trainer.sync_batchnorm", "needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
-            if options["sync_batchnorm"]:
-                model = self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            if options["compile"]:
-                model = torch.compile(model)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if options["compile"]:
-            model = torch.compile(model)
-        if len(device_ids) > 1:
-            model = torch.nn.DataParallel(model, device_ids=device_ids)
-        return model
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -312,14 +292,8 @@ class BaseTrainer:
     def load_weights(self, checkpoint: dict, path: Path) -> None:
         """--finetune: the model weights only; tensors whose shape changed (a new head) are skipped."""
         self._check_arch(checkpoint, path)
-        own = self.raw_model.state_dict()
-        source = strip_module_prefix(checkpoint["state_dict"], own)
-        weights = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
-        skipped = sorted(set(source) - set(weights))
-        if skipped:
-            logger.warning("fine-tuning: %d tensors do not fit the model and keep their fresh values: %s",
-                           len(skipped), ", ".join(skipped[:10]))
-        self.raw_model.load_state_dict(weights, strict=False)
+        state_dict = strip_module_prefix(checkpoint["state_dict"], self.raw_model.state_dict())
+        load_matching(self.raw_model, state_dict, str(path))  # a new head keeps its fresh values
         logger.info("fine-tuning from the weights of %s (epoch %d)", path, checkpoint["epoch"])
 
     def _check_arch(self, checkpoint: dict, path: Path) -> None:

@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from utils.errors import ConfigError
+
 
 def init_distributed() -> None:
     """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
@@ -87,3 +89,24 @@ def gather_objects(obj) -> list:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def wrap_model(model: torch.nn.Module, options: dict, device: torch.device,
+               device_ids: list[int]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the plain model, the model the training step calls): moved to ``device``, channels-last,
+    compiled and wrapped for DDP or DataParallel as the ``trainer`` options say."""
+    model = model.to(device)
+    if options["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    if is_distributed():
+        if options["sync_batchnorm"] and device.type != "cuda":
+            raise ConfigError("trainer.sync_batchnorm", "needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
+        if options["sync_batchnorm"]:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrapped = torch.compile(model) if options["compile"] else model
+        ids = [device.index] if device.type == "cuda" else None
+        return model, torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=ids)
+    wrapped = torch.compile(model) if options["compile"] else model
+    if len(device_ids) > 1:
+        wrapped = torch.nn.DataParallel(wrapped, device_ids=device_ids)
+    return model, wrapped

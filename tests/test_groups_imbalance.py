@@ -164,6 +164,15 @@ GROUPED_CONFIG = {
 }
 
 
+def sklearn_folds(root) -> dict:
+    """{sample id: the fold holding it out} as StratifiedGroupKFold splits GROUPED_CONFIG's data (seed 2)."""
+    dataset = ImageDataset(str(root), csv_file="train.csv", group_column="person")
+    codes = np.unique(dataset.groups, return_inverse=True)[1]
+    expected = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=2).split(
+        np.zeros(len(dataset)), dataset.targets, codes)
+    return {dataset.sample_id(int(i)): k for k, (_, held) in enumerate(expected) for i in held}
+
+
 def test_kfold_oof_has_fold_and_group_columns_and_no_group_in_two_folds(tmp_path):
     root = face_mask_csv(tmp_path / "images")
     config = make_config(tmp_path, GROUPED_CONFIG, **{"dataset.args.root": str(root)})
@@ -172,12 +181,7 @@ def test_kfold_oof_has_fold_and_group_columns_and_no_group_in_two_folds(tmp_path
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert list(oof.columns[:3]) == ["id", "fold", "group"]
     assert oof.groupby("group")["fold"].nunique().max() == 1
-    dataset = ImageDataset(str(root), csv_file="train.csv", group_column="person")
-    codes = np.unique(dataset.groups, return_inverse=True)[1]
-    expected = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=2).split(
-        np.zeros(len(dataset)), dataset.targets, codes)
-    fold_of = {dataset.sample_id(int(i)): k for k, (_, held) in enumerate(expected) for i in held}
-    assert oof.set_index("id")["fold"].to_dict() == fold_of
+    assert oof.set_index("id")["fold"].to_dict() == sklearn_folds(root)
     log = (run / "info.log").read_text()
     assert "k-fold by groups (StratifiedGroupKFold): 12 groups, held out per fold: 4, 4, 4" in log
     assert "validation split (the given indices (k-fold)): 8 groups (32 samples) for training, 4 groups (16 " \
@@ -319,11 +323,6 @@ def test_groups_and_the_balanced_sampler_under_torchrun_with_ema_and_mixup(tmp_p
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert len(oof) == 48 and oof["id"].is_unique
     assert oof.groupby("group")["fold"].nunique().max() == 1
-    dataset = ImageDataset(str(root), csv_file="train.csv", group_column="person")
-    codes = np.unique(dataset.groups, return_inverse=True)[1]
-    expected = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=2).split(
-        np.zeros(len(dataset)), dataset.targets, codes)
-    fold_of = {dataset.sample_id(int(i)): k for k, (_, held) in enumerate(expected) for i in held}
-    assert oof.set_index("id")["fold"].to_dict() == fold_of
+    assert oof.set_index("id")["fold"].to_dict() == sklearn_folds(root)
     checkpoint = torch.load(run / "fold_0" / "last.pth", weights_only=True)
     assert checkpoint["ema"] is not None and len(checkpoint["rng_states"]) == 2

@@ -1,4 +1,4 @@
-"""Every command README.md shows is one that works.
+"""Every command README.md and its guides in docs/ show is one that works.
 
 Each command line of the README's bash blocks is parsed by its script's own argument parser; the
 ones that start from a config are run with --dry-run (which builds everything), so their options,
@@ -8,7 +8,6 @@ resuming, k-fold and inference themselves are covered by the other tests.
 import json
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +20,13 @@ from tests.conftest import REPO
 SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune}
 
 
+def manual_text() -> str:
+    """README.md and the longer guides it links to in docs/."""
+    return "\n".join(path.read_text() for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+
+
 def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = manual_text()
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.splitlines():
@@ -81,7 +85,7 @@ def test_example_configs_are_valid(path, tmp_path):
 
 
 def test_readme_json_snippets_parse():
-    text = (REPO / "README.md").read_text()
+    text = manual_text()
     for snippet in re.findall(r"```json\n(.*?)```", text, flags=re.S):
         json.loads("{" + snippet.strip().rstrip(",") + "}")
 
@@ -95,4 +99,4 @@ def test_readme_documents_every_config_key():
     for section, schema in SECTIONS.items():
         for key in schema:
             assert f"{section}.{key}" in text or f"/ `{key}`" in text or f"`{key}`" in text, f"{section}.{key}"
-    assert Path(REPO / "README.md").read_text().count("PENDING") == 0, "the benchmark figures are filled in"
+    assert manual_text().count("PENDING") == 0, "the benchmark figures are filled in"

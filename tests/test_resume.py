@@ -238,7 +238,7 @@ def test_finetune_with_another_number_of_classes_skips_the_head(runs):
     head = [key for key in source if source[key].shape != new[key].shape]
     assert head == ["head.3.weight", "head.3.bias"]
     assert new["head.3.weight"].shape[0] == 5
-    warning = [line for line in finetune.stdout.splitlines() if "fine-tuning" in line and "head.3.weight" in line]
+    warning = [line for line in finetune.stdout.splitlines() if "kept fresh" in line and "head.3.weight" in line]
     assert warning, finetune.stdout
     body = [key for key in source if key not in head and is_parameter(key)]
     assert_same_tensors({k: source[k] for k in body}, {k: new[k] for k in body})

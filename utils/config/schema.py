@@ -3,75 +3,43 @@
 ``validate(config)`` checks a config against this schema before anything is built and returns it
 with the defaults filled in. Keys that start with "_" are comments and are ignored.
 """
-import difflib
-from dataclasses import dataclass
-from typing import Any
-
+from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component are used from here too)
+    NONE,
+    REQUIRED,
+    Field,
+    check_component,
+    check_section,
+    did_you_mean,
+    fraction,
+    history_entries,
+    monitor_spec,
+    non_negative,
+    one_of,
+    positive,
+)
 from utils.errors import ConfigError
 
-REQUIRED = object()
 COMPONENT_SECTIONS = ("arch", "dataset", "data_loader", "optimizer")
-
-
-@dataclass(frozen=True)
-class Field:
-    """One config key: the JSON types it accepts, its default, and an optional range check."""
-
-    types: tuple
-    default: Any = REQUIRED
-    check: Any = None  # value -> a description of the problem, or None
-
-
-def _positive(value):
-    return None if value > 0 else "must be positive"
-
-
-def _non_negative(value):
-    return None if value >= 0 else "must be 0 or more"
-
-
-def _fraction(value):
-    return None if 0 <= value <= 1 else "must be between 0 and 1"
-
-
-def _one_of(*choices):
-    return lambda value: None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
-
-
-def _monitor(value):
-    parts = value.split()
-    if value == "off" or (len(parts) == 2 and parts[0] in ("min", "max")):
-        return None
-    return "must be 'off', 'min <metric>' or 'max <metric>', e.g. 'max val_accuracy'"
-
-
-def _history(value):
-    if all(isinstance(entry, dict) and isinstance(entry.get("changes"), dict) for entry in value):
-        return None
-    return 'must be a list of {"epoch": N, "changes": {...}}, as resuming writes it'
-
-
-NONE = type(None)
 
 TRAINER = {
     "type": Field((str,), "Trainer"),
-    "epochs": Field((int,), REQUIRED, _positive),
+    "epochs": Field((int,), REQUIRED, positive),
     "save_dir": Field((str,), "saved/"),
-    "save_period": Field((int,), 0, _non_negative),
-    "verbosity": Field((int,), 1, _one_of(0, 1, 2)),
-    "monitor": Field((str,), "min val_loss", _monitor),
-    "early_stop": Field((int,), 0, _non_negative),
+    "save_period": Field((int,), 0, non_negative),
+    "verbosity": Field((int,), 1, one_of(0, 1, 2)),
+    "monitor": Field((str,), "min val_loss", monitor_spec),
+    "early_stop": Field((int,), 0, non_negative),
     "tensorboard": Field((bool,), True),
-    "confusion_max_classes": Field((int,), 50, _non_negative),
-    "log_step": Field((int,), 10, _positive),
+    "confusion_max_classes": Field((int,), 50, non_negative),
+    "log_step": Field((int,), 10, positive),
     "progress_bar": Field((bool,), True),
-    "amp": Field((bool, str), False, _one_of(False, "bf16", "fp16")),
-    "grad_accum_steps": Field((int,), 1, _positive),
-    "grad_clip_norm": Field((int, float, NONE), None, lambda v: None if v is None else _positive(v)),
+    "amp": Field((bool, str), False, one_of(False, "bf16", "fp16")),
+    "grad_accum_steps": Field((int,), 1, positive),
+    "grad_clip_norm": Field((int, float, NONE), None, lambda v: None if v is None else positive(v)),
     "compile": Field((bool,), False),
     "channels_last": Field((bool,), False),
     "sync_batchnorm": Field((bool,), False),
-    "freeze_backbone_epochs": Field((int,), 0, _non_negative),
+    "freeze_backbone_epochs": Field((int,), 0, non_negative),
     "ema": Field((dict, NONE), None),
     "mixup": Field((dict, NONE), None),
 }
@@ -81,12 +49,12 @@ EMA = {
     "validate_both": Field((bool,), False),
 }
 MIXUP = {
-    "mixup_alpha": Field((float,), 0.8, _non_negative),
-    "cutmix_alpha": Field((float,), 1.0, _non_negative),
-    "prob": Field((float,), 1.0, _fraction),
-    "switch_prob": Field((float,), 0.5, _fraction),
-    "off_epoch": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
-    "label_smoothing": Field((float,), 0.1, _fraction),
+    "mixup_alpha": Field((float,), 0.8, non_negative),
+    "cutmix_alpha": Field((float,), 1.0, non_negative),
+    "prob": Field((float,), 1.0, fraction),
+    "switch_prob": Field((float,), 0.5, fraction),
+    "off_epoch": Field((int, NONE), None, lambda v: None if v is None else positive(v)),
+    "label_smoothing": Field((float,), 0.1, fraction),
 }
 OPTIMIZER = {  # beside "type" and "args"
     "param_groups": Field((list,), []),
@@ -94,19 +62,19 @@ OPTIMIZER = {  # beside "type" and "args"
     "layer_decay": Field((float, NONE), None, lambda v: None if v is None or 0 < v <= 1 else "must be in (0, 1]"),
 }
 LR_SCHEDULER = {  # beside "type" and "args"
-    "interval": Field((str,), "epoch", _one_of("epoch", "step")),
+    "interval": Field((str,), "epoch", one_of("epoch", "step")),
     "warmup": Field((dict, NONE), None),
 }
 WARMUP = {
-    "epochs": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
-    "steps": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
+    "epochs": Field((int, NONE), None, lambda v: None if v is None else positive(v)),
+    "steps": Field((int, NONE), None, lambda v: None if v is None else positive(v)),
     "start_factor": Field((float,), 0.01, lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
 }
 WANDB = {
     "enabled": Field((bool,), False),
     "project": Field((str, NONE), None),
     "entity": Field((str, NONE), None),
-    "mode": Field((str,), "offline", _one_of("offline", "online", "disabled")),
+    "mode": Field((str,), "offline", one_of("offline", "online", "disabled")),
     "tags": Field((list,), []),
     "name": Field((str, NONE), None),
 }
@@ -119,25 +87,25 @@ KFOLD = {
     "n_bins": Field((int,), 10, lambda v: None if v >= 2 else "must be 2 or more"),
 }
 INFERENCE = {
-    "split": Field((str,), "test", _one_of("test", "valid")),
+    "split": Field((str,), "test", one_of("test", "valid")),
     "dataset": Field((dict, NONE), None),
     "data_loader": Field((dict, NONE), None),
     "output": Field((str, NONE), None),
     "tta": Field((list,), []),
 }
 TUNE = {  # tune.py's search; the space entries are checked in utils/config/tune_space.py
-    "direction": Field((str,), "auto", _one_of("auto", "minimize", "maximize")),
+    "direction": Field((str,), "auto", one_of("auto", "minimize", "maximize")),
     "space": Field((dict,), {}),
     "sampler": Field((dict, NONE), None),
     "pruner": Field((dict, NONE), None),
-    "heartbeat_interval": Field((int,), 60, _positive),
-    "grace_period": Field((int, NONE), None, lambda v: None if v is None else _positive(v)),
-    "max_retry": Field((int,), 3, _non_negative),
+    "heartbeat_interval": Field((int,), 60, positive),
+    "grace_period": Field((int, NONE), None, lambda v: None if v is None else positive(v)),
+    "max_retry": Field((int,), 3, non_negative),
     "plots": Field((bool,), True),
 }
 TOP_LEVEL = {
     "name": Field((str,)),
-    "n_gpu": Field((int,), 1, _non_negative),
+    "n_gpu": Field((int,), 1, non_negative),
     "seed": Field((int,), 0),
     "deterministic": Field((bool,), False),
     "arch": Field((dict,)),
@@ -151,76 +119,11 @@ TOP_LEVEL = {
     "wandb": Field((dict,), {}),
     "kfold": Field((dict,), {}),
     "inference": Field((dict,), {}),
-    "resume_history": Field((list,), [], _history),
+    "resume_history": Field((list,), [], history_entries),
     "task": Field((str, dict), "Classification"),
     "tune": Field((dict,), {}),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
-
-
-def did_you_mean(word: str, choices) -> str:
-    """' (did you mean "x"?)' for the closest choice, or ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(types: tuple) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string",
-             dict: "an object", list: "a list", NONE: "null"}
-    return " or ".join(names[t] for t in types)
-
-
-def check_value(where: str, value, field: Field):
-    """Raise a ConfigError unless ``value`` has one of the field's types and passes its check."""
-    # JSON true/false are ints to Python; an integer field must not take them, a number field takes ints.
-    fits = any(
-        (isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)))
-        or (t is float and isinstance(value, int) and not isinstance(value, bool))
-        for t in field.types
-    )
-    if not fits:
-        raise ConfigError(where, f"must be {_type_name(field.types)}, got {value!r}")
-    problem = field.check(value) if field.check else None
-    if problem:
-        raise ConfigError(where, f"{problem}, got {value!r}")
-
-
-def check_section(where: str, values: dict, schema: dict[str, Field]) -> dict:
-    """Check a section's keys and values; returns it with the defaults filled in."""
-    if not isinstance(values, dict):
-        raise ConfigError(where, f"must be an object, got {values!r}")
-    for key in values:
-        if key not in schema and not key.startswith("_"):
-            raise ConfigError(f"{where}.{key}" if where else key,
-                              f"unknown key{did_you_mean(key, schema)}; known keys: {', '.join(schema)}")
-    resolved = {}
-    for key, field in schema.items():
-        path = f"{where}.{key}" if where else key
-        if key in values:
-            check_value(path, values[key], field)
-            resolved[key] = values[key]
-        elif field.default is REQUIRED:
-            raise ConfigError(path, "is required but missing")
-        else:
-            resolved[key] = field.default
-    return resolved | {key: value for key, value in values.items() if key.startswith("_")}
-
-
-def check_component(where: str, spec, extra_keys: tuple = ()) -> None:
-    """A component is ``{"type": NAME, "args": {...}}``."""
-    if not isinstance(spec, dict):
-        raise ConfigError(where, f'must be {{"type": NAME, "args": {{...}}}}, got {spec!r}')
-    allowed = ("type", "args", *extra_keys)
-    for key in spec:
-        if key not in allowed and not key.startswith("_"):
-            raise ConfigError(f"{where}.{key}", f"unknown key{did_you_mean(key, allowed)}; "
-                                                f"known keys: {', '.join(allowed)}")
-    if "type" not in spec:
-        raise ConfigError(f"{where}.type", "is required but missing")
-    if not isinstance(spec["type"], str):
-        raise ConfigError(f"{where}.type", f"must be a string, got {spec['type']!r}")
-    if not isinstance(spec.get("args", {}), dict):
-        raise ConfigError(f"{where}.args", f"must be an object, got {spec['args']!r}")
 
 
 def validate(config) -> dict:
