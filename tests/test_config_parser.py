@@ -360,3 +360,18 @@ def test_device_option_sets_cuda_visible_devices(script, tmp_path, monkeypatch, 
     else:
         main(["-c", str(make_config(tmp_path, IRIS_CONFIG)), "--device", "1,0", "--dry-run"])
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,0"
+
+
+def test_deterministic_switches_torch_determinism_on_and_off():
+    from base.seeding import configure_determinism
+
+    try:
+        configure_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        configure_determinism(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
