@@ -1,9 +1,16 @@
-"""Shared fixtures: tiny configs that train in seconds, and a way to run the scripts as a user does."""
+"""Shared fixtures: tiny configs that train in seconds, and two ways to run the scripts: as a user does
+(a new process), and in this process (the same ``main``, without the 5 to 7 s of CPU a new process
+spends importing torch, scikit-learn and torch._dynamo)."""
+import contextlib
 import copy
+import gc
+import importlib
+import io
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -74,6 +81,65 @@ def run_script(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | N
     return result
 
 
+SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py")
+
+
+@contextlib.contextmanager
+def environment(changes: dict):
+    """os.environ with ``changes`` inside the block, as it was after it."""
+    before = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_in_process(script: str, *args: str, env: dict | None = None,
+                   check: bool = False) -> subprocess.CompletedProcess:
+    """What ``run_script(script, *args)`` returns, from the script's ``main`` run in this process.
+
+    For tests whose point is what the script does, not that it runs in a process of its own (signals,
+    locks held by another process, fresh imports, torchrun: those use run_script). As in a new
+    process: ``run_cli`` turns errors into the exit code and the "error: " line on stderr, the console
+    log and Python's warnings (with Python's default filters) are captured as stdout and stderr, and
+    the run's log file is closed afterwards. Example: ``run_in_process("train.py", "-c", str(config))``.
+    """
+    from logger.logger import setup_logging
+    from utils.cli import run_cli
+
+    assert script in SCRIPTS, f"{script} has no main() to run in this process"
+    module = importlib.import_module(script.removesuffix(".py"))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    returncode = 0
+    argv = sys.argv
+    with (environment({"WANDB_MODE": "offline", **(env or {})}), contextlib.redirect_stdout(stdout),
+          contextlib.redirect_stderr(stderr), warnings.catch_warnings()):
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)  # Python's defaults outside __main__
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        sys.argv = [script, *args]  # --debug is read from it
+        try:
+            run_cli(lambda: module.main(list(args)))
+        except SystemExit as exit_info:
+            code = exit_info.code
+            returncode = 0 if code is None else code if isinstance(code, int) else 1
+        finally:
+            sys.argv = argv
+    setup_logging(None, 1)  # close the run's info.log; the console is this test's again
+    gc.collect()  # an error's traceback holds the run's objects, its lock on the run directory among them
+    result = subprocess.CompletedProcess([script, *args], returncode, stdout.getvalue(), stderr.getvalue())
+    if check and returncode != 0:
+        raise AssertionError(f"exit {returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
 def run_dirs(tmp_path: Path, name: str = "Tiny") -> list[Path]:
     """The run directories created under tmp_path/saved/<name>/, oldest first."""
     root = tmp_path / "saved" / name
@@ -125,6 +191,12 @@ def assert_identical(expected, actual, where: str = "checkpoint") -> None:
             assert_identical(a, b, f"{where}[{i}]")
     else:
         assert type(expected) is type(actual) and expected == actual, f"{where}: {actual!r} != {expected!r}"
+
+
+def pytest_configure(config):
+    # One torch thread in each pytest process, as in the scripts the tests start (OMP_NUM_THREADS=1):
+    # the two xdist workers share the two cores, and the tiny models train fastest so.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

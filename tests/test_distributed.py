@@ -17,6 +17,7 @@ from tests.conftest import (
     assert_same_tensors,
     make_config,
     run_dirs,
+    run_in_process,
     run_script,
 )
 
@@ -69,7 +70,7 @@ def test_ddp_writes_one_run_directory_once(ddp_run):
 def test_ddp_matches_one_process_with_the_same_global_batch(ddp_run, tmp_path):
     run, _ = ddp_run
     single = make_config(tmp_path, DDP_CONFIG, **{"data_loader.args.batch_size": 16})
-    run_script("train.py", "-c", str(single), check=True)
+    run_in_process("train.py", "-c", str(single), check=True)
     (single_run,) = run_dirs(tmp_path, "TinyIris")
     expected, got = weights(single_run), weights(run)
     for key in expected:
@@ -89,7 +90,7 @@ def test_ddp_resume_and_checkpoints_across_ddp_and_single_process(ddp_run, tmp_p
     assert_same_tensors(weights(run), weights(part))  # a DDP resume ends where the uninterrupted DDP run ends
     assert list(pd.read_csv(part / "metrics.csv")["epoch"]) == [1, 2, 3, 4]
     # A DDP checkpoint continues in one process, and back under DDP.
-    run_script("train.py", "-r", str(part), "trainer.epochs=5", "data_loader.args.batch_size=16", check=True)
+    run_in_process("train.py", "-r", str(part), "trainer.epochs=5", "data_loader.args.batch_size=16", check=True)
     torchrun("train.py", "-r", str(part), "trainer.epochs=6", check=True, timeout=240)
     assert list(pd.read_csv(part / "metrics.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
 

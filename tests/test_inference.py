@@ -10,18 +10,16 @@ from PIL import Image
 
 from dataset.datasets import DigitsDataset
 from kfold_train import make_folds
-from tests.conftest import IRIS_CONFIG, make_config, run_dirs, run_script
+from tests.conftest import IRIS_CONFIG, make_config, run_dirs, run_in_process, run_script
 from trainer.predict import predict
 
-# One thread per process: on a shared 2-core machine, torch's default thread pool spins against the
-# other processes and a 0.1 s epoch takes 10 s. Results do not depend on the thread count.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 DIGIT_PROBS = [f"prob_{c}" for c in range(10)]
 FLIP = [{"type": "RandomHorizontalFlip", "args": {"p": 1.0}}]
 
 
 def infer(*args: str, check: bool = True):
-    return run_script("inference.py", *args, env=ONE_THREAD, check=check)
+    """inference.py's main in this process (predicted_test_data runs it as a user does, in a new one)."""
+    return run_in_process("inference.py", *args, check=check)
 
 
 def printed_metrics(stdout: str) -> dict[str, float]:
@@ -47,15 +45,16 @@ def digits_run(tmp_path_factory):
     """The tiny config trained for 8 epochs (about 0.95 validation accuracy), shared by the module."""
     tmp_path = tmp_path_factory.mktemp("digits")
     config = make_config(tmp_path, **{"trainer.epochs": 8})
-    run_script("train.py", "-c", str(config), env=ONE_THREAD, check=True)
+    run_in_process("train.py", "-c", str(config), check=True)
     (run,) = run_dirs(tmp_path)
     return run
 
 
 @pytest.fixture(scope="module")
 def predicted_test_data(digits_run):
-    """`inference.py --resume <run>/model_best.pth` on the test data: (predictions.csv, the result)."""
-    result = infer("--resume", str(digits_run / "model_best.pth"))
+    """`python inference.py --resume <run>/model_best.pth` on the test data, in a new process, as a user
+    runs it: (predictions.csv, the result)."""
+    result = run_script("inference.py", "--resume", str(digits_run / "model_best.pth"), check=True)
     return digits_run / "predictions.csv", result
 
 
@@ -64,7 +63,7 @@ def kfold_run(tmp_path_factory):
     """A tiny 2-fold run (2 epochs per fold) for the ensembles."""
     tmp_path = tmp_path_factory.mktemp("kfold")
     config = make_config(tmp_path, **{"trainer.epochs": 2})
-    run_script("kfold_train.py", "-c", str(config), "--folds", "2", env=ONE_THREAD, check=True)
+    run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
     (run,) = run_dirs(tmp_path)
     return run
 
@@ -84,12 +83,12 @@ def image_run(tmp_path_factory):
     write_images(tmp_path / "labelled" / "cat", 12, seed=0)
     write_images(tmp_path / "labelled" / "dog", 12, seed=1, brightness=150)
     write_images(tmp_path / "unlabelled", 5, seed=2, brightness=70)
-    run_script("train.py", "-c", "configs/image_folder.json", f"trainer.save_dir={tmp_path / 'saved'}",
+    run_in_process("train.py", "-c", "configs/image_folder.json", f"trainer.save_dir={tmp_path / 'saved'}",
                f"dataset.args.root={tmp_path / 'labelled'}", "dataset.args.image_size=16",
                "dataset.args.train_transform=[]", "dataset.args.eval_transform=[]",
                "arch.args.num_classes=2", "arch.args.num_blocks=[1,1]", "arch.args.widths=[8,16]",
                "data_loader.args.num_workers=0", "trainer.epochs=1", "trainer.tensorboard=false",
-               "trainer.progress_bar=false", env=ONE_THREAD, check=True)
+               "trainer.progress_bar=false", check=True)
     (run,) = run_dirs(tmp_path, "ImageFolder_ResNet")
     return tmp_path, run
 

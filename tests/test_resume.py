@@ -3,8 +3,10 @@
 A run stopped after k epochs (or by a signal, or killed) and resumed ends bitwise equal to the run
 that was never stopped, with every epoch in metrics.csv exactly once.
 
-The training runs are started two at a time in a module-scoped pool as soon as the module starts;
-each test waits for the runs it needs. Every subprocess uses one torch thread.
+The runs that are only compared against (the uninterrupted runs, the first part of a split run) train
+in this process, each made once when a test first needs it; the resumes after k epochs run in a new
+process, as a user runs them, and so do the runs stopped by a signal or killed. The resumes after a
+signal or a kill run in this process: what they resume from was written by another process.
 """
 import csv
 import os
@@ -14,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,10 +29,11 @@ from tests.conftest import (
     launch,
     make_config,
     run_dirs,
+    run_in_process,
     run_script,
 )
 
-ENV = {"OMP_NUM_THREADS": "1"}  # one thread per run: two runs share the two cores without contention
+ENV = {"OMP_NUM_THREADS": "1"}  # one thread per process
 AUGMENT = [{"type": "RandomAffine", "args": {"degrees": 15, "translate": [0.1, 0.1]}}]
 SMALL_BATCHES = {"data_loader.args.batch_size": 32}
 CASES = {  # config changes, and how to resume: 4 epochs straight, or 2 epochs then `-r ... trainer.epochs=4`
@@ -59,19 +61,25 @@ STATE_KEYS = ["epoch", "global_step", "optimizer", "lr_scheduler", "scaler", "mo
 
 # -- helpers ----------------------------------------------------------------------------------------------
 def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` in a new process."""
     return run_script("train.py", *args, env=ENV, check=check)
 
 
+def train_here(*args: str) -> subprocess.CompletedProcess:
+    """train.py's main with ``args``, in this process."""
+    return run_in_process("train.py", *args, check=True)
+
+
 def train_run(folder: Path, changes: dict, *args: str) -> Path:
-    """Train a copy of the tiny config with ``changes`` in ``folder``; the run directory."""
+    """Train a copy of the tiny config with ``changes`` in ``folder`` (in this process); the run directory."""
     config = make_config(folder, **changes)
-    train("-c", str(config), *args)
+    train_here("-c", str(config), *args)
     (run,) = run_dirs(folder)
     return run
 
 
 def split_run(folder: Path, changes: dict, stop_after: int, epochs: int, resume: str) -> SimpleNamespace:
-    """Train ``stop_after`` epochs, then resume with ``trainer.epochs=<epochs>``.
+    """Train ``stop_after`` epochs, then resume with ``trainer.epochs=<epochs>`` in a new process.
 
     ``resume``: "run directory" (-r RUN_DIR), "checkpoint" (-r RUN_DIR/last.pth) or "auto" (-r auto -c CONFIG).
     """
@@ -119,21 +127,24 @@ def is_parameter(key: str) -> bool:
 
 
 class Runs:
-    """Training runs started in the background, two at a time, looked up by name."""
+    """Training runs looked up by name, each made when it is first looked up (one at a time: the runs in
+    this process share its random generators), so a test run alone makes only the runs it needs."""
 
     def __init__(self, tmp_path_factory):
         self.tmp_path_factory = tmp_path_factory
-        self.pool = ThreadPoolExecutor(max_workers=2)
-        self.futures = {}
+        self.jobs, self.results = {}, {}
 
     def start(self, name: str, job, *args) -> None:
-        self.futures[name] = self.pool.submit(job, *args)
+        self.jobs[name] = (job, args)
 
     def folder(self, name: str) -> Path:
         return self.tmp_path_factory.mktemp(re.sub(r"\W+", "_", name))
 
     def __getitem__(self, name: str):
-        return self.futures[name].result()
+        if name not in self.results:
+            job, args = self.jobs[name]
+            self.results[name] = job(*args)
+        return self.results[name]
 
 
 def early_stop_runs(folder: Path, split_folder: Path) -> SimpleNamespace:
@@ -145,9 +156,9 @@ def early_stop_runs(folder: Path, split_folder: Path) -> SimpleNamespace:
 
 
 def finetune_run(runs: Runs, folder: Path, changes: dict) -> SimpleNamespace:
-    source = runs[f"reference {STEP_LR}"] / "last.pth"  # started before this job: no deadlock
+    source = runs[f"reference {STEP_LR}"] / "last.pth"
     config = make_config(folder, **SMALL_BATCHES | {"optimizer.args.lr": 0.0, "trainer.epochs": 1} | changes)
-    result = train("-c", str(config), "--finetune", str(source))
+    result = train_here("-c", str(config), "--finetune", str(source))
     (run,) = run_dirs(folder)
     return SimpleNamespace(source=source, run=run, stdout=result.stdout)
 
@@ -167,8 +178,7 @@ def runs(tmp_path_factory):
         "dataset": {"type": "SyntheticDataset", "args": {"num_samples": 200, "shape": [1, 8, 8], "num_classes": 5}},
         "arch.args.num_classes": 5})
     runs.start("interrupt reference", train_run, runs.folder("interrupt reference"), INTERRUPT)
-    yield runs
-    runs.pool.shutdown(wait=True, cancel_futures=True)
+    return runs
 
 
 # -- 4. stop after k epochs, resume with -r RUN_DIR trainer.epochs=N --------------------------------------
@@ -313,7 +323,7 @@ def test_signal_mid_epoch_saves_a_checkpoint_to_resume_from(runs, tmp_path, sign
     assert 0 < checkpoint["batches_done"] < INTERRUPT_BATCHES, "the checkpoint is not from the middle of an epoch"
     assert checkpoint["epoch"] == len(metrics_rows(run))  # the finished epochs
 
-    train(*command[1].split()[2:])  # the command it printed, "python train.py" being train()
+    train_here(*command[1].split()[2:])  # the command it printed, "python train.py" being train_here()
     assert_same_run(runs["interrupt reference"], run, epochs=3)
 
 
@@ -373,5 +383,5 @@ def test_sigkill_at_a_random_moment_then_resume(runs, tmp_path, epochs_later):
         stop(process)
     assert process.returncode == -signal.SIGKILL
 
-    train("-r", str(run))
+    train_here("-r", str(run))
     assert_same_run(runs["interrupt reference"], run, epochs=3)
