@@ -1,7 +1,7 @@
 """Checkpoint files (SPEC sections 4 and 5): what they hold, atomic saves, damaged and untrusted files.
 
-The end-to-end runs share two module-scoped training runs; every subprocess runs with one torch
-thread, so that two of them can run side by side on a two-core machine.
+The end-to-end runs share module-scoped training runs. They run train.py's main in this process: what
+is checked is what the script writes and prints, not that it runs in a process of its own.
 """
 import json
 import os
@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,12 +38,12 @@ from tests.conftest import (
     assert_same_tensors,
     make_config,
     run_dirs,
-    run_script,
+    run_in_process,
 )
 from utils.cli import run_cli
 from utils.errors import CheckpointError
 
-ENV = {"OMP_NUM_THREADS": "1"}  # one thread per run: two runs share the two cores without contention
+ENV = {"OMP_NUM_THREADS": "1"}  # one thread in the saving process
 SECTION_5_KEYS = {
     "format_version", "arch", "epoch", "global_step", "state_dict", "optimizer", "lr_scheduler", "scaler",
     "monitor_best", "not_improved_count", "rng_states", "config", "wandb_id", "metrics",
@@ -53,14 +52,8 @@ RNG_KEYS = {"python", "numpy", "torch", "cuda"}
 
 
 def train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run_script("train.py", *args, env=ENV, check=check)
-
-
-def in_parallel(jobs: dict) -> dict:
-    """Run the callables of ``jobs`` two at a time; their results under the same keys."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(job) for key, job in jobs.items()}
-        return {key: future.result() for key, future in futures.items()}
+    """``python train.py ARGS``, run in this process: exit code, stdout and stderr."""
+    return run_in_process("train.py", *args, check=check)
 
 
 def load_plain(path: Path) -> dict:
@@ -94,7 +87,8 @@ def runs(tmp_path_factory):
     configs = {two: make_config(two, **changes, **{"trainer.epochs": 2}),
                three: make_config(three, **changes, **{"trainer.epochs": 3}),
                iris: make_config(iris, IRIS_CONFIG, **{"trainer.epochs": 1})}
-    in_parallel({folder: (lambda config=config: train("-c", str(config))) for folder, config in configs.items()})
+    for config in configs.values():
+        train("-c", str(config))
     (run,), (reference,), (iris_run,) = run_dirs(two), run_dirs(three), run_dirs(iris, "TinyIris")
     return SimpleNamespace(run=run, reference=reference, iris=iris_run,
                            config=json.loads((run / "config.json").read_text()))
@@ -419,7 +413,7 @@ def damaged_cli(runs, tmp_path_factory):
     shutil.copy(runs.run / "config.json", in_run / "config.json")
     paths["in a run directory"] = in_run / "last.pth"
     paths["in a run directory"].write_bytes(DAMAGE["cut in half"](data))
-    results = in_parallel({key: (lambda path=path: train("-r", str(path), check=False)) for key, path in paths.items()})
+    results = {key: train("-r", str(path), check=False) for key, path in paths.items()}
     return {key: (paths[key], results[key]) for key in paths}
 
 
@@ -462,8 +456,7 @@ def fallback_runs(runs, tmp_path_factory):
         path.unlink()
         path.write_bytes(data[: len(data) // 2])
     run_copies["every checkpoint damaged"] = every
-    results = in_parallel({scenario: (lambda run=run: train("-r", str(run), "trainer.epochs=3", check=False))
-                           for scenario, run in run_copies.items()})
+    results = {scenario: train("-r", str(run), "trainer.epochs=3", check=False) for scenario, run in run_copies.items()}
     return {scenario: (run_copies[scenario], results[scenario]) for scenario in run_copies}
 
 
@@ -559,7 +552,7 @@ def test_train_refuses_a_file_with_code(runs, tmp_path):
     commands = {"-r bare file": ["-r", str(bare)], "-r file in a run": ["-r", str(in_run)],
                 "--finetune": ["-c", str(config), "--finetune", str(bare)]}
 
-    results = in_parallel({name: (lambda args=args: train(*args, check=False)) for name, args in commands.items()})
+    results = {name: train(*args, check=False) for name, args in commands.items()}
     for name, result in results.items():
         path = in_run if name == "-r file in a run" else bare
         assert_one_error_line(result, str(path))

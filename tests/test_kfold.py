@@ -16,13 +16,13 @@ import torch
 
 from dataset.datasets import DigitsDataset
 from kfold_train import make_folds
-from tests.conftest import REPO, assert_identical, assert_same_tensors, make_config, run_dirs, run_script
+from tests.conftest import REPO, assert_identical, assert_same_tensors, make_config, run_dirs, run_in_process
 from utils.errors import ConfigError
 
 FOLDS = 3
 EPOCHS = 4
 # One thread per process: on a shared 2-core machine, torch's default thread pool spins against the
-# other processes and a 0.1 s epoch takes 10 s. Results do not depend on the thread count.
+# other processes and a 0.1 s epoch takes 10 s (the pytest processes have one thread too, see conftest.py).
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 METRIC_COLUMNS = ["val_loss", "val_accuracy", "val_top_k_acc"]
 
@@ -39,7 +39,7 @@ def kfold_run(tmp_path_factory):
     learning rate, fold 1's best epoch is not its last."""
     tmp_path = tmp_path_factory.mktemp("kfold")
     config = make_config(tmp_path, **{"trainer.epochs": EPOCHS, "optimizer.args.lr": 0.03})
-    result = run_script("kfold_train.py", "-c", str(config), "--folds", str(FOLDS), env=ONE_THREAD, check=True)
+    result = run_in_process("kfold_train.py", "-c", str(config), "--folds", str(FOLDS), check=True)
     (run,) = run_dirs(tmp_path)
     return run, result, config
 
@@ -237,15 +237,15 @@ def test_summary_table_is_printed_and_logged(kfold_run):
 
 
 def test_a_fold_does_not_depend_on_the_folds_before_it(kfold_run, tmp_path):
-    """Folds 1 and 2 trained in a process where fold 0 did not run (it is skipped as finished)
-    give the same metrics as in the uninterrupted run, where fold 0 ran first in the same process."""
+    """Folds 1 and 2 trained by a run where fold 0 did not run (it is skipped as finished) give the
+    same metrics as in the uninterrupted run, where fold 0 ran first in the same call."""
     run, *_ = kfold_run
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     for name in ("fold_1", "fold_2", "kfold_summary.csv", "oof_predictions.csv", "oof_metrics.json"):
         path = copy / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    result = run_script("kfold_train.py", "-r", str(copy), env=ONE_THREAD, check=True)
+    result = run_in_process("kfold_train.py", "-r", str(copy), check=True)
     assert "fold 1/3 is finished: skipping it" in result.stdout
     assert_same_folds(run, copy, folds=(1, 2))
 
@@ -281,7 +281,7 @@ def test_sigterm_during_a_fold_then_resume_equals_an_uninterrupted_run(kfold_run
     assert not (run / "fold_2").exists()
     assert not (run / "kfold_summary.csv").exists()
 
-    result = run_script("kfold_train.py", "-r", str(run), env=ONE_THREAD, check=True)
+    result = run_in_process("kfold_train.py", "-r", str(run), check=True)
     assert "fold 1/3 is finished: skipping it" in result.stdout
     assert "fold 1/3 is finished: skipping it" in (run / "info.log").read_text()
     assert "fold 2/3 is finished" not in result.stdout
@@ -296,8 +296,8 @@ def test_sigterm_during_a_fold_then_resume_equals_an_uninterrupted_run(kfold_run
 def test_dry_run_applies_options_and_overrides_and_writes_nothing(tmp_path, digits_targets):
     config = make_config(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    result = run_script("kfold_train.py", "-c", str(config), "--folds", "4", "--bs", "32", "--dry-run",
-                        "trainer.epochs=1", env=ONE_THREAD)
+    result = run_in_process("kfold_train.py", "-c", str(config), "--folds", "4", "--bs", "32", "--dry-run",
+                            "trainer.epochs=1")
     assert result.returncode == 0, result.stderr
     assert sorted(tmp_path.rglob("*")) == before
     assert not (tmp_path / "saved").exists()
@@ -315,7 +315,7 @@ def test_dry_run_applies_options_and_overrides_and_writes_nothing(tmp_path, digi
 @pytest.mark.parametrize("args", [["--folds", "1"], ["kfold.n_splits=1"]], ids=["--folds", "override"])
 def test_a_single_fold_is_a_config_error(tmp_path, args):
     config = make_config(tmp_path)
-    result = run_script("kfold_train.py", "-c", str(config), *args, env=ONE_THREAD)
+    result = run_in_process("kfold_train.py", "-c", str(config), *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import launch, make_config, run_dirs, run_script
+from tests.conftest import launch, make_config, run_dirs, run_in_process, run_script
 
 BLOCK = 32768  # the .wandb file is a log of 32 KiB blocks of (crc, length, type)-framed records
 
@@ -66,10 +66,10 @@ def tracked_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tracked")
     config = make_config(tmp_path, **{"trainer.epochs": 3, "trainer.tensorboard": True, "trainer.log_step": 5,
                                       "wandb": {"enabled": True, "tags": ["test"]}})
-    run_script("train.py", "-c", str(config), check=True)
+    run_in_process("train.py", "-c", str(config), check=True)
     (run,) = run_dirs(tmp_path)
     first_id = torch.load(run / "last.pth", weights_only=True)["wandb_id"]
-    run_script("train.py", "-r", str(run), "trainer.epochs=5", check=True)
+    run_in_process("train.py", "-r", str(run), "trainer.epochs=5", check=True)
     return run, first_id
 
 
@@ -101,7 +101,7 @@ def test_tensorboard_hides_the_events_of_an_epoch_redone_after_a_crash(tmp_path)
     assert torch.load(run / "last.pth", weights_only=True)["epoch"] in (1, 2)
     assert events(run / "tensorboard").Scalars("epoch")[-1].value == 3, "the crashed epoch was recorded"
 
-    run_script("train.py", "-r", str(run), check=True)
+    run_in_process("train.py", "-r", str(run), check=True)
     accumulator = events(run / "tensorboard")
     assert [event.value for event in accumulator.Scalars("epoch")] == [1, 2, 3]
     metrics = pd.read_csv(run / "metrics.csv")
@@ -145,14 +145,14 @@ def test_metrics_csv_is_complete_after_resume(tracked_run):
 
 def test_wandb_mode_from_the_environment_wins(tmp_path):
     config = make_config(tmp_path, **{"trainer.epochs": 1, "wandb": {"enabled": True, "mode": "online"}})
-    run_script("train.py", "-c", str(config), env={"WANDB_MODE": "offline"}, check=True, timeout=120)
+    run_in_process("train.py", "-c", str(config), env={"WANDB_MODE": "offline"}, check=True)
     (run,) = run_dirs(tmp_path)
     assert list((run / "wandb").glob("offline-run-*"))
 
 
 def test_kfold_folds_are_wandb_runs_in_one_group(tmp_path):
     config = make_config(tmp_path, **{"trainer.epochs": 1, "wandb": {"enabled": True}})
-    run_script("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
+    run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
     (kfold_run,) = run_dirs(tmp_path)
     groups, names = set(), []
     for fold in ("fold_0", "fold_1"):

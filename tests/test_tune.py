@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tune
-from tests.conftest import IRIS_CONFIG, REPO, make_config, run_dirs, run_script
+from tests.conftest import IRIS_CONFIG, REPO, make_config, run_dirs, run_in_process, run_script
 from tests.pg_server import postgres_url  # noqa: F401 (a fixture)
 from utils.cli import run_cli
 
@@ -110,10 +110,10 @@ def test_a_diverging_trial_is_pruned_and_best_config_reproduces_the_best_value(t
     # BruteForceSampler draws each choice once; the threshold prunes the diverging learning rate.
     config = tune_config(tmp_path, LR_SPACE, {"type": "BruteForceSampler", "args": {"seed": 0}},
                          {"type": "ThresholdPruner", "args": {"upper": 5.0}})
-    run_script("tune.py", "-c", str(config), "--trials", "2", "--run-id", "sweep", check=True)
+    run_in_process("tune.py", "-c", str(config), "--trials", "2", "--run-id", "sweep", check=True)
     sweep = tmp_path / "saved" / "TinyIris" / "sweep"
     assert len(summary(sweep)) == 2
-    run_script("tune.py", "-r", str(sweep), "--trials", "3", check=True)  # continues to 3 in total
+    run_in_process("tune.py", "-r", str(sweep), "--trials", "3", check=True)  # continues to 3 in total
 
     table = summary(sweep).set_index("optimizer.args.lr")
     assert sorted(table["number"]) == [0, 1, 2]
@@ -130,7 +130,7 @@ def test_a_diverging_trial_is_pruned_and_best_config_reproduces_the_best_value(t
     best_config = json.loads((sweep / "best_config.json").read_text())
     assert best_config["optimizer"]["args"]["lr"] == best["optimizer.args.lr"]
     assert best_config["seed"] == IRIS_CONFIG["seed"]
-    run_script("train.py", "-c", str(sweep / "best_config.json"), check=True)
+    run_in_process("train.py", "-c", str(sweep / "best_config.json"), check=True)
     (rerun,) = [run for run in run_dirs(tmp_path, "TinyIris") if run.name != "sweep"]
     assert best_val_loss(rerun) == best["value"]  # exactly: the CSV keeps every digit
     weights = [torch.load(run / "model_best.pth", weights_only=True)["state_dict"]
@@ -169,7 +169,7 @@ def test_an_interrupted_or_killed_trial_is_retried_from_its_checkpoint(tmp_path)
     assert killed_at < 30 and epochs_of(trial_0) == list(range(1, 31))  # each epoch once, none redone
     assert (sweep / "info.log").read_text().count(f"resuming from {trial_0}") == 2
     # The twice-stopped trial ends exactly as one that ran straight through.
-    run_script("train.py", "-c", str(trial_0 / "config.json"), check=True)
+    run_in_process("train.py", "-c", str(trial_0 / "config.json"), check=True)
     (straight,) = [run for run in run_dirs(tmp_path, "TinyIris") if run.name != "sweep"]
     assert pd.read_csv(straight / "metrics.csv").drop(columns="epoch_time").equals(
         pd.read_csv(trial_0 / "metrics.csv").drop(columns="epoch_time"))
