@@ -11,7 +11,7 @@ import pytest
 
 from base.checkpoint import load_checkpoint
 from config_parser import ConfigParser, training_arguments
-from tests.conftest import REPO, make_config, run_dirs, run_script
+from tests.conftest import REPO, make_config, run_dirs, run_in_process, run_script
 from utils.config.runs import lock_run_dir
 from utils.errors import ConfigError
 
@@ -31,8 +31,8 @@ def one_epoch_run(tmp_path_factory):
     """A finished 1-epoch run of the tiny digits config with a StepLR schedule (a checkpoint of about 100 KB)."""
     folder = tmp_path_factory.mktemp("one_epoch")
     scheduler = {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}
-    run_script("train.py", "-c", str(make_config(folder, **{"trainer.epochs": 1, "lr_scheduler": scheduler})),
-               check=True)
+    run_in_process("train.py", "-c", str(make_config(folder, **{"trainer.epochs": 1, "lr_scheduler": scheduler})),
+                   check=True)
     return run_dirs(folder)[0]
 
 
@@ -105,8 +105,8 @@ def test_a_failed_background_write_stops_the_next_epoch_within_a_few_batches(run
 
 
 def test_resume_with_a_new_lr_and_gamma_trains_with_them_and_records_the_change(run):
-    result = run_script("train.py", "-r", str(run), "trainer.epochs=2", "--lr", "0.05",
-                        "lr_scheduler.args.gamma=0.1", check=True)
+    result = run_in_process("train.py", "-r", str(run), "trainer.epochs=2", "--lr", "0.05",
+                            "lr_scheduler.args.gamma=0.1", check=True)
     assert "optimizer.args.lr changed at epoch 2: 0.01 -> 0.05" in result.stdout + result.stderr
     lrs = pd.read_csv(run / "metrics.csv")["lr"].tolist()
     assert lrs == [0.01, 0.05]  # without the change epoch 2 would train at 0.005
@@ -128,4 +128,4 @@ def test_a_change_of_what_the_finished_epochs_meant_is_refused(run, change):
 
 
 def test_a_refused_resume_change_is_one_error_line(run):
-    assert_one_error_line(run_script("train.py", "-r", str(run), "seed=5"), "seed", "new run", "--finetune")
+    assert_one_error_line(run_in_process("train.py", "-r", str(run), "seed=5"), "seed", "new run", "--finetune")
