@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import types
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_config, run_dirs, run_script
+import trainer as module_trainer
+from tests.conftest import REPO, make_config, run_dirs, run_in_process, run_script
 from tests.test_resume import assert_same_run, load_plain, metrics_rows, stop, wait_for_first_epoch
 
 RECIPE = {"trainer.type": "MixupTrainer", "trainer.amp": "bf16", "trainer.grad_accum_steps": 2,
@@ -77,21 +78,34 @@ def user_repo(tmp_path_factory) -> Path:
 
 
 def train_in(repo: Path, folder: Path, changes: dict) -> Path:
+    """``python train.py -c <config>`` in ``repo``, in a new process; the run directory."""
     run_script("train.py", "-c", str(make_config(folder, **changes)), cwd=repo, check=True)
+    (run,) = run_dirs(folder)
+    return run
+
+
+def train_here(folder: Path, changes: dict) -> Path:
+    """train.py's main in this process, with this repository's trainers; the run directory."""
+    run_in_process("train.py", "-c", str(make_config(folder, **changes)), check=True)
     (run,) = run_dirs(folder)
     return run
 
 
 @pytest.fixture(scope="module")
 def runs(user_repo, tmp_path_factory):
-    """The uninterrupted custom run, a plain Trainer run and the old-style run, two at a time."""
-    jobs = {"mixup": RECIPE, "plain": RECIPE | {"trainer.type": "Trainer"},
-            "old style": {"trainer.type": "EpochTrainer", "trainer.epochs": 3, "dataset.args.test_size": 0.6,
-                          "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}}}
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(train_in, user_repo, tmp_path_factory.mktemp(name.replace(" ", "_")), changes)
-                   for name, changes in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
+    """The uninterrupted custom run (in the user's copy), a plain Trainer run, and the old-style run (its
+    file's code added to the trainer package at run time, as writing the file does)."""
+    folders = {name: tmp_path_factory.mktemp(name.replace(" ", "_")) for name in ("mixup", "plain", "old style")}
+    runs = {"mixup": train_in(user_repo, folders["mixup"], RECIPE),
+            "plain": train_here(folders["plain"], RECIPE | {"trainer.type": "Trainer"})}
+    epoch_trainer = types.ModuleType("trainer.epoch_trainer")
+    exec(OLD_STYLE, epoch_trainer.__dict__)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module_trainer, "EpochTrainer", epoch_trainer.EpochTrainer, raising=False)
+        runs["old style"] = train_here(folders["old style"], {
+            "trainer.type": "EpochTrainer", "trainer.epochs": 3, "dataset.args.test_size": 0.6,
+            "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}})
+    return runs
 
 
 def lrs(run: Path) -> list[float]:

@@ -2,14 +2,13 @@
 fine-tuning example config."""
 import re
 import signal
-import threading
 import time
 
 import pytest
 
 import inference
 import train
-from tests.conftest import REPO, make_config, run_dirs, run_script
+from tests.conftest import REPO, make_config, run_dirs, run_in_process
 from tests.test_resume import (
     INTERRUPT,
     assert_identical,
@@ -31,9 +30,7 @@ EMA_MIXUP = INTERRUPT | {"trainer.epochs": 2, "dataset.args.test_size": 0.6,  # 
 def test_ema_and_mixup_resume_after_sigterm_equals_the_uninterrupted_run(tmp_path):
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    reference = {}
-    worker = threading.Thread(target=lambda: reference.setdefault("run", train_run(reference_dir, EMA_MIXUP)))
-    worker.start()
+    reference = train_run(reference_dir, EMA_MIXUP)  # in this process
     config = make_config(tmp_path, **EMA_MIXUP)
     process = start_training(config)
     try:
@@ -43,15 +40,14 @@ def test_ema_and_mixup_resume_after_sigterm_equals_the_uninterrupted_run(tmp_pat
         _, stderr = process.communicate(timeout=120)
     finally:
         stop(process)
-        worker.join()
     (run,) = run_dirs(tmp_path)
     assert process.returncode == 143, stderr
     stopped = load_plain(run / "last.pth")
     assert stopped["batches_done"] > 0 and stopped["ema"]["num_updates"] > stopped["batches_done"]
 
-    run_script("train.py", "-r", str(run), check=True)  # one torch thread, as the reference run had
-    assert_same_run(reference["run"], run, epochs=2)
-    assert_identical(load_plain(reference["run"] / "last.pth")["ema"], load_plain(run / "last.pth")["ema"], "ema")
+    run_in_process("train.py", "-r", str(run), check=True)
+    assert_same_run(reference, run, epochs=2)
+    assert_identical(load_plain(reference / "last.pth")["ema"], load_plain(run / "last.pth")["ema"], "ema")
     columns = metrics_rows(run)[0].keys()
     assert {"val_loss", "raw_val_loss", "raw_val_accuracy"} <= columns
 
