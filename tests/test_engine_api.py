@@ -14,7 +14,7 @@ import torch
 
 import model.metric as module_metric
 import train
-from tests.conftest import TINY_CONFIG, make_config, run_dirs, run_script
+from tests.conftest import TINY_CONFIG, make_config, run_dirs, run_in_process
 from tests.test_image_dataset import save_image
 from utils.errors import ConfigError
 
@@ -106,14 +106,14 @@ def original_template_config(tmp_path, loss: str) -> str:
 
 @pytest.mark.slow
 def test_the_original_template_config_runs_and_its_nll_loss_on_logits_is_one_line(tmp_path):
-    result = run_script("train.py", "-c", original_template_config(tmp_path, "cross_entropy"))
+    result = run_in_process("train.py", "-c", original_template_config(tmp_path, "cross_entropy"))
     assert result.returncode == 0, result.stderr
     (run,) = run_dirs(tmp_path, "Original_Template")
     assert len(pd.read_csv(run / "metrics.csv")) == 2
     # Two validation samples: their accuracy is 0, 0.5 or 1.
     assert set(pd.read_csv(run / "metrics.csv")["val_accuracy"]) <= {0.0, 0.5, 1.0}
 
-    result = run_script("train.py", "-c", original_template_config(tmp_path, "nll_loss"))
+    result = run_in_process("train.py", "-c", original_template_config(tmp_path, "nll_loss"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: loss: nll_loss"), result.stderr

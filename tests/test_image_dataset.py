@@ -9,7 +9,7 @@ from PIL import Image
 import dataset.datasets as module_dataset
 from config_parser import ConfigParser
 from dataset.datasets import ImageDataset
-from tests.conftest import REPO, run_dirs, run_script
+from tests.conftest import REPO, run_dirs, run_in_process
 from utils.config.components import build_transform
 from utils.errors import DataError
 from utils.util import read_json
@@ -225,7 +225,7 @@ def test_train_py_on_the_image_folder_config(tmp_path):
             save_image(root / label / f"{i}.png", value + 3 * i, size=(20, 16), left_marker=i % 2 == 0)
     name = read_json(REPO / "configs" / "image_folder.json")["name"]
     repo_runs = set((REPO / "saved" / name).glob("*"))
-    result = run_script(
+    result = run_in_process(
         "train.py", "-c", "configs/image_folder.json",
         f"dataset.args.root={root}", "trainer.epochs=1", "data_loader.args.num_workers=0",
         "data_loader.args.batch_size=4", f"trainer.save_dir={tmp_path / 'saved'}", "trainer.tensorboard=false",
