@@ -1,7 +1,7 @@
 """Start-up time: ``train.py --help`` and ``--dry-run`` beside a bare ``import torch``.
 
-    python benchmarks/startup.py              # 7 runs of each, about a minute
-    python benchmarks/startup.py --runs 1     # a smoke run
+    python benchmarks/startup.py                          # 7 runs of each, about a minute
+    python benchmarks/startup.py --runs 1 --warmup 0      # a smoke run
 
 Each command runs in a fresh Python process, from the repository root, as a user starts it;
 the median wall time over the runs is reported.
@@ -17,13 +17,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wall_time(args: list[str], runs: int) -> float:
-    """Median seconds of ``python <args>`` over ``runs`` runs (after one unmeasured warm-up run)."""
+def wall_time(args: list[str], runs: int, warmup: int = 1) -> float:
+    """Median seconds of ``python <args>`` over ``runs`` runs, after ``warmup`` unmeasured ones."""
     times = []
-    for i in range(runs + 1):
+    for i in range(warmup + runs):
         started = time.perf_counter()
         subprocess.run([sys.executable, *args], cwd=REPO, check=True, capture_output=True)
-        if i > 0:
+        if i >= warmup:
             times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -31,6 +31,7 @@ def wall_time(args: list[str], runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each command first (file cache)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as save_dir:
         commands = {
@@ -39,7 +40,7 @@ def main() -> None:
             "python train.py -c config.json --dry-run": ["train.py", "-c", "config.json", "--dry-run",
                                                          f"trainer.save_dir={save_dir}"],
         }
-        results = {name: wall_time(command, args.runs) for name, command in commands.items()}
+        results = {name: wall_time(command, args.runs, args.warmup) for name, command in commands.items()}
     torch_time = results['python -c "import torch"']
     print(f"median of {args.runs} runs each")
     print(f"{'command':<45}{'seconds':>10}{'x import torch':>16}")

@@ -1,27 +1,44 @@
-"""Each benchmark runs end to end with one tiny round, so that none of them rots. Nothing is timed here."""
+"""Each benchmark runs end to end with one tiny round, so that none of them rots. Nothing is timed here.
+
+The start-up benchmark starts its own processes, which is what it measures; the others run in this
+process, as ``python benchmarks/<script> ARGS`` runs them (as ``__main__``, with that command line).
+"""
+import runpy
+import sys
+
 import pytest
 
-from tests.conftest import run_script
+from logger.logger import setup_logging
+from tests.conftest import REPO, run_script
 
 pytestmark = pytest.mark.slow
 
 
-def test_overhead_benchmark_smoke():
-    result = run_script("benchmarks/overhead.py", "--rounds", "1", "--short", "1", "--long", "2", check=True)
-    assert "overhead ratio" in result.stdout and "fixed cost per batch" in result.stdout
-    assert "DIFFER" not in result.stdout, "both paths must do the same work: the final losses match"
+def run_benchmark(script: str, *args: str, monkeypatch, capsys) -> str:
+    """``python benchmarks/<script> ARGS`` in this process; what it printed."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(REPO / "benchmarks" / script), run_name="__main__")
+    setup_logging(None, 1)  # the benchmarks configure logging for themselves
+    return capsys.readouterr().out
+
+
+def test_overhead_benchmark_smoke(monkeypatch, capsys):
+    out = run_benchmark("overhead.py", "--rounds", "1", "--short", "1", "--long", "2", monkeypatch=monkeypatch,
+                        capsys=capsys)
+    assert "overhead ratio" in out and "fixed cost per batch" in out
+    assert "DIFFER" not in out, "both paths must do the same work: the final losses match"
 
 
 def test_startup_benchmark_smoke():
-    result = run_script("benchmarks/startup.py", "--runs", "1", check=True)
+    result = run_script("benchmarks/startup.py", "--runs", "1", "--warmup", "0", check=True)
     assert "--help:" in result.stdout and "--dry-run" in result.stdout
 
 
-def test_dataloading_benchmark_smoke():
-    result = run_script("benchmarks/dataloading.py", "--images", "32", "--rounds", "1", "--epochs", "1", check=True)
-    assert "ImageDataset vs ImageFolder, 2 workers" in result.stdout
+def test_dataloading_benchmark_smoke(monkeypatch, capsys):
+    out = run_benchmark("dataloading.py", "--images", "32", "--rounds", "1", "--epochs", "1", monkeypatch=monkeypatch,
+                        capsys=capsys)
+    assert "ImageDataset vs ImageFolder, 2 workers" in out
 
 
-def test_gpu_throughput_script_smoke():
-    result = run_script("benchmarks/gpu_throughput.py", "--smoke", check=True)
-    assert "bf16" in result.stdout
+def test_gpu_throughput_script_smoke(monkeypatch, capsys):
+    assert "bf16" in run_benchmark("gpu_throughput.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
