@@ -11,13 +11,10 @@ forward pass instead. What to inject comes from the environment (each one option
     LAUNCH_NAN_FROM=8           from the 8th training forward pass on, the model's outputs are NaN
     LAUNCH_KILL_AFTER_EPOCH=2   SIGKILL the process right after epoch 2 is recorded (metrics.csv,
                                 TensorBoard), before its checkpoint is written
-    LAUNCH_LOADS=FILE           at exit, write to FILE how many training samples were loaded
-                                (calls of the dataset's __getitem__ with the training transform)
 
-Only the components' public interfaces are touched (the model's call, the dataset's __getitem__, the
-recorder's log_epoch), so the scripts run as they are.
+Only the components' public interfaces are touched (the model's call, the recorder's log_epoch), so the
+scripts run as they are.
 """
-import atexit
 import os
 import runpy
 import signal
@@ -29,7 +26,6 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from base.base_dataset import BaseDataset  # noqa: E402
 from base.base_model import BaseModel  # noqa: E402
 
 
@@ -57,20 +53,6 @@ def instrument_model(signals: dict[int, list[int]], nan_from: int | None) -> Non
     BaseModel.__call__ = call
 
 
-def count_loads(path: str) -> None:
-    loads = 0
-    original = BaseDataset.__getitem__
-
-    def getitem(self, key):
-        nonlocal loads
-        if self.augment:
-            loads += 1
-        return original(self, key)
-
-    BaseDataset.__getitem__ = getitem
-    atexit.register(lambda: Path(path).write_text(str(loads)))
-
-
 def kill_after_epoch(epoch: int) -> None:
     from logger.recorder import RunRecorder
 
@@ -91,8 +73,6 @@ def main() -> None:
         signals.setdefault(int(at), []).append(int(signum))
     nan_from = os.environ.get("LAUNCH_NAN_FROM")
     instrument_model(signals, int(nan_from) if nan_from else None)
-    if os.environ.get("LAUNCH_LOADS"):
-        count_loads(os.environ["LAUNCH_LOADS"])
     if os.environ.get("LAUNCH_KILL_AFTER_EPOCH"):
         kill_after_epoch(int(os.environ["LAUNCH_KILL_AFTER_EPOCH"]))
     torch.set_num_threads(1)

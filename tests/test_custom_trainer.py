@@ -1,10 +1,13 @@
 """A custom trainer written as README's "A custom Trainer" shows keeps every guarantee.
 
-The README's code is copied, as a user would, into trainer/ of a copy of the repository and trained
-with a step scheduler, bf16 autocast, gradient accumulation and clipping: the learning rate follows
-the schedule, a SIGTERM in the middle of an epoch and `-r` end bitwise equal to the run that was
-never stopped, and the subclass's step is really used. An old-style `_train_epoch` override keeps
-its epoch schedule too.
+The README's code is trained with a step scheduler, bf16 autocast, gradient accumulation and
+clipping: the learning rate follows the schedule, a SIGTERM in the middle of an epoch and `-r` end
+bitwise equal to the run that was never stopped, and the subclass's step is really used. An old-style
+`_train_epoch` override keeps its epoch schedule too.
+
+The stopped and resumed runs copy the README's code, as a user would, into trainer/ of a copy of the
+repository and run there in new processes; the runs they are compared with run the same code in this
+process, as modules of the trainer package.
 """
 import os
 import re
@@ -77,35 +80,38 @@ def user_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def train_in(repo: Path, folder: Path, changes: dict) -> Path:
-    """``python train.py -c <config>`` in ``repo``, in a new process; the run directory."""
-    run_script("train.py", "-c", str(make_config(folder, **changes)), cwd=repo, check=True)
-    (run,) = run_dirs(folder)
-    return run
-
-
 def train_here(folder: Path, changes: dict) -> Path:
-    """train.py's main in this process, with this repository's trainers; the run directory."""
+    """train.py's main in this process; the run directory."""
     run_in_process("train.py", "-c", str(make_config(folder, **changes)), check=True)
     (run,) = run_dirs(folder)
     return run
 
 
+def add_trainers(patch: pytest.MonkeyPatch) -> None:
+    """What the README's two files and the old-style file do in the user's copy, done in this process:
+    their code run as modules of the trainer package, and its ``__init__.py`` line run."""
+    blocks = readme_blocks()
+    for name, code in (("trainer.mixup_trainer", blocks["trainer/mixup_trainer.py"]),
+                       ("trainer.epoch_trainer", OLD_STYLE)):
+        module = types.ModuleType(name)
+        exec(code, module.__dict__)
+        patch.setitem(sys.modules, name, module)
+    init_lines = {}
+    exec(blocks["trainer/__init__.py"] + "from trainer.epoch_trainer import EpochTrainer\n", init_lines)
+    for name in ("MixupTrainer", "EpochTrainer"):
+        patch.setattr(module_trainer, name, init_lines[name], raising=False)
+
+
 @pytest.fixture(scope="module")
-def runs(user_repo, tmp_path_factory):
-    """The uninterrupted custom run (in the user's copy), a plain Trainer run, and the old-style run (its
-    file's code added to the trainer package at run time, as writing the file does)."""
-    folders = {name: tmp_path_factory.mktemp(name.replace(" ", "_")) for name in ("mixup", "plain", "old style")}
-    runs = {"mixup": train_in(user_repo, folders["mixup"], RECIPE),
-            "plain": train_here(folders["plain"], RECIPE | {"trainer.type": "Trainer"})}
-    epoch_trainer = types.ModuleType("trainer.epoch_trainer")
-    exec(OLD_STYLE, epoch_trainer.__dict__)
+def runs(tmp_path_factory):
+    """The uninterrupted custom run, a plain Trainer run and the old-style run, in this process."""
+    jobs = {"mixup": RECIPE, "plain": RECIPE | {"trainer.type": "Trainer"},
+            "old style": {"trainer.type": "EpochTrainer", "trainer.epochs": 3, "dataset.args.test_size": 0.6,
+                          "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}}}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(module_trainer, "EpochTrainer", epoch_trainer.EpochTrainer, raising=False)
-        runs["old style"] = train_here(folders["old style"], {
-            "trainer.type": "EpochTrainer", "trainer.epochs": 3, "dataset.args.test_size": 0.6,
-            "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}})
-    return runs
+        add_trainers(patch)
+        return {name: train_here(tmp_path_factory.mktemp(name.replace(" ", "_")), changes)
+                for name, changes in jobs.items()}
 
 
 def lrs(run: Path) -> list[float]:
