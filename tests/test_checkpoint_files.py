@@ -4,12 +4,13 @@ The end-to-end runs share module-scoped training runs. They run train.py's main 
 is checked is what the script writes and prints, not that it runs in a process of its own.
 """
 import json
+import multiprocessing
 import os
 import pickle
 import random
 import shutil
+import signal
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -32,7 +33,6 @@ from base.checkpoint import (
 from model.model import ResNet
 from tests.conftest import (
     IRIS_CONFIG,
-    REPO,
     TINY_CONFIG,
     assert_same_tensor,
     assert_same_tensors,
@@ -43,7 +43,6 @@ from tests.conftest import (
 from utils.cli import run_cli
 from utils.errors import CheckpointError
 
-ENV = {"OMP_NUM_THREADS": "1"}  # one thread in the saving process
 SECTION_5_KEYS = {
     "format_version", "arch", "epoch", "global_step", "state_dict", "optimizer", "lr_scheduler", "scaler",
     "monitor_best", "not_improved_count", "rng_states", "config", "wandb_id", "metrics",
@@ -299,17 +298,14 @@ def test_a_crash_while_linking_leaves_the_previous_file_intact(tmp_path, monkeyp
     assert load_checkpoint(best)["epoch"] == 2
 
 
-SAVE_FOREVER = """
-import sys
-import torch
-from base.checkpoint import save_checkpoint
-big = torch.arange(2_000_000, dtype=torch.float64)
-version = 0
-while True:
-    version += 1
-    save_checkpoint({"format_version": 1, "version": version, "data": big + version}, sys.argv[1])
-    print(version, flush=True)
-"""
+def save_forever(path: str, versions) -> None:
+    """Save a 16 MB checkpoint again and again, sending the number of each one saved."""
+    big = torch.arange(2_000_000, dtype=torch.float64)
+    version = 0
+    while True:
+        version += 1
+        save_checkpoint({"format_version": 1, "version": version, "data": big + version}, path)
+        versions.send(version)
 
 
 @pytest.mark.slow
@@ -317,15 +313,18 @@ def test_sigkill_during_saves_always_leaves_a_loadable_file(tmp_path):
     """A process saving in a loop is killed at (seeded) random moments: the file always loads."""
     rng = random.Random(0)
     path = tmp_path / "last.pth"
+    fork = multiprocessing.get_context("fork")  # a copy of this process: torch is imported already
     for _ in range(3):
-        process = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)], cwd=REPO,
-                                   stdout=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+        versions, sender = fork.Pipe(duplex=False)
+        process = fork.Process(target=save_forever, args=(str(path), sender), daemon=True)
+        process.start()
         try:
-            assert process.stdout.readline().strip(), "the first save did not finish"
+            assert versions.poll(60) and versions.recv() >= 1, "the first save did not finish"
             time.sleep(rng.uniform(0.0, 0.3))
         finally:
             process.kill()
-            process.communicate()
+            process.join()
+        assert process.exitcode == -signal.SIGKILL
         checkpoint = load_checkpoint(path)
         assert checkpoint["version"] >= 1
         expected = torch.arange(2_000_000, dtype=torch.float64) + checkpoint["version"]
