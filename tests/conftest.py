@@ -193,6 +193,32 @@ def assert_identical(expected, actual, where: str = "checkpoint") -> None:
         assert type(expected) is type(actual) and expected == actual, f"{where}: {actual!r} != {expected!r}"
 
 
+# Under `--dist loadfile` each test file runs on one worker, and xdist hands the files out in the order
+# of the collection (pyproject.toml turns off its reordering by test count). The files that take longest
+# (CPU seconds on one core, about) go first, so that both workers end on short files and finish together.
+LONGEST_FIRST = [
+    "test_distributed.py",  # 180
+    "test_tune.py",  # 115
+    "test_resume.py",  # 100
+    "test_benchmarks.py",  # 40
+    "test_tracking.py",  # 40
+    "test_faults.py",  # 35
+    "test_custom_trainer.py",  # 30
+    "test_groups_imbalance.py",  # 30
+    "test_ema_mixup.py",  # 25
+    "test_kfold.py",  # 25
+    "test_inference.py",  # 25
+    "test_tasks.py",  # 25
+    "test_edge_cases.py",  # 20
+    "test_examples.py",  # 20
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
+
+
 def pytest_configure(config):
     # One torch thread in each pytest process, as in the scripts the tests start (OMP_NUM_THREADS=1):
     # the two xdist workers share the two cores, and the tiny models train fastest so.
