@@ -243,9 +243,9 @@ class BaseTrainer:
             links.append(self.run_dir / f"checkpoint-epoch{epoch}.pth")
         if best:
             links.append(self.run_dir / "model_best.pth")
-        self.checkpoint_writer.save(state, self.run_dir / "last.pth", links)
-        if best or self.config.unsaved_changes:  # wait for the disk: a failed write stops here
-            self.checkpoint_writer.wait()
+        wait = best or self.config.unsaved_changes  # wait for the disk: a failed write stops here
+        self.checkpoint_writer.save(state, self.run_dir / "last.pth", links, wait=wait)
+        if wait:
             self.config.save_config()  # resume changes reach config.json once a checkpoint holds them
         if best:
             logger.info("saved model_best.pth (%s %.6g)", self.monitor_key, self.monitor_best)

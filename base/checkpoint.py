@@ -104,11 +104,16 @@ class CheckpointWriter:
         self._pending: Future | None = None
         self._written: dict[Path, str] = {}  # file -> what it holds, for the files this writer wrote
 
-    def save(self, state: dict, path: str | Path, links: list[Path] = ()) -> None:
+    def save(self, state: dict, path: str | Path, links: list[Path] = (), wait: bool = False) -> None:
+        """Save ``state`` to ``path`` and hard-link it as each of ``links``; with ``wait``, return once
+        they are on disk (written by the calling thread: handing them to the thread would only cost more)."""
         data = serialize(state)
         self.wait()
         what = f"epoch {state.get('epoch')}" + (f", batch {state['batches_done']}" if state.get("batches_done") else "")
-        self._pending = self._executor.submit(self._write, data, Path(path), list(links), what)
+        if wait:
+            self._write(data, Path(path), list(links), what)
+        else:
+            self._pending = self._executor.submit(self._write, data, Path(path), list(links), what)
 
     def _write(self, data: bytearray, path: Path, links: list[Path], what: str) -> None:
         target = path

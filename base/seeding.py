@@ -87,7 +87,8 @@ def worker_init_fn(worker_id: int) -> None:
 def _python_state_to_tensor(state: tuple) -> dict:
     # 625 ints as one tensor: pickled as one object instead of 625, which makes saving faster.
     version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+    internal = torch.from_numpy(np.array(internal, dtype=np.int64))  # 3x faster than torch.tensor(internal)
+    return {"version": version, "internal": internal, "gauss": gauss}
 
 
 def _python_state_from_tensor(state: dict) -> tuple:

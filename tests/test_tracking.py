@@ -172,3 +172,34 @@ def test_disabled_tracking_imports_neither(tmp_path):
     assert "torch" in imported
     assert not {name for name in imported if name.split(".")[0] in ("wandb", "tensorboard")}
     assert "torch.utils.tensorboard" not in imported
+
+
+def test_event_files_are_written_by_the_calling_thread_one_file_per_writer(tmp_path):
+    import threading
+
+    from logger.visualization import EventFile, TensorboardWriter, scalars_summary
+
+    threads = threading.active_count()
+    first = TensorboardWriter(tmp_path, True)
+    first.add_scalars({"a/train": 1.0, "b/val": 2.0}, 3)
+    assert threading.active_count() == threads, "no writer thread"
+    second = TensorboardWriter(tmp_path, True)  # the same process and second: a file of its own
+    second.add_scalars({"a/train": 5.0}, 4)
+    second.close()
+    first.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    accumulator = events(tmp_path)
+    assert [(e.step, e.value) for e in accumulator.Scalars("a/train")] == [(3, 1.0), (4, 5.0)]
+    assert [(e.step, e.value) for e in accumulator.Scalars("b/val")] == [(3, 2.0)]
+
+    # Events reach the disk at flush(), and at the latest flush_secs after the last flush.
+    waiting, prompt = EventFile(tmp_path / "waiting", flush_secs=3600), EventFile(tmp_path / "prompt", flush_secs=0)
+    sizes = {}
+    for name, file in (("waiting", waiting), ("prompt", prompt)):
+        (path,) = (tmp_path / name).iterdir()
+        sizes[name] = path.stat().st_size
+        file.add_summary(scalars_summary({"x": 1.0}), 1)
+        sizes[name] = path.stat().st_size - sizes[name]
+    assert sizes == {"waiting": 0, "prompt": sizes["prompt"]} and sizes["prompt"] > 0
+    waiting.flush()
+    assert events(tmp_path / "waiting").Scalars("x")[0].value == 1.0

@@ -304,3 +304,22 @@ def test_an_epoch_scheduler_steps_once_per_epoch(tmp_path):
     assert [float(row["lr"]) for row in rows] == pytest.approx([0.1 * 0.5 ** (epoch - 1) for epoch in range(1, 5)],
                                                                rel=1e-12)
     assert load(run / "last.pth")["lr_scheduler"]["last_epoch"] == 4
+
+
+def test_rng_state_round_trip_through_a_checkpoint_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    from base.checkpoint import save_checkpoint
+    from base.seeding import get_rng_state, seed_everything, set_rng_state
+
+    seed_everything(5)
+    random.random(), np.random.rand(), torch.rand(1), random.gauss(0, 1)  # a cached Gaussian in Python's state
+    save_checkpoint({"format_version": 1, "rng": get_rng_state()}, tmp_path / "rng.pth")
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), torch.rand(3))
+    seed_everything(6)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pth")["rng"])
+    drawn = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), torch.rand(3))
+    assert drawn[:3] == expected[:3]
+    assert torch.equal(drawn[3], expected[3])

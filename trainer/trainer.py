@@ -115,8 +115,9 @@ class Trainer(BaseTrainer):
             self.train_metrics.load_state_dict(self.resume_state.pop("train_metrics"), self.device)
         batches = first_batch + len(self.data_loader)
         recent_losses = []
+        # Bars appear after half a second (delay): a short epoch or validation prints none, and costs less.
         bar = tqdm(self.data_loader, desc=f"epoch {epoch}/{self.epochs}", total=batches, initial=first_batch,
-                   disable=not self.progress_bar, leave=False, dynamic_ncols=True)
+                   disable=not self.progress_bar, leave=False, dynamic_ncols=True, delay=0.5)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
             data, target = self._to_device(data), self.task.prepare_target(self._to_device(target))
             # MixUp / CutMix: mixed inputs and soft targets for the step; the metrics keep the hard labels.
@@ -200,7 +201,7 @@ class Trainer(BaseTrainer):
         figure = None  # the state of the task's pictures (the confusion matrix, a scatter plot)
         with torch.inference_mode():
             for data, target in tqdm(self.valid_data_loader, desc=f"validating {epoch}", disable=not self.progress_bar,
-                                     leave=False, dynamic_ncols=True):
+                                     leave=False, dynamic_ncols=True, delay=0.5):
                 data, target = self._to_device(data), self.task.prepare_target(self._to_device(target))
                 with self._autocast():
                     loss, output = self._valid_step(data, target)
