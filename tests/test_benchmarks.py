@@ -23,10 +23,22 @@ def run_benchmark(script: str, *args: str, monkeypatch, capsys) -> str:
 
 
 def test_overhead_benchmark_smoke(monkeypatch, capsys):
-    out = run_benchmark("overhead.py", "--rounds", "1", "--short", "1", "--long", "2", monkeypatch=monkeypatch,
-                        capsys=capsys)
+    out = run_benchmark("overhead.py", "--processes", "1", "--rounds", "1", "--short", "1", "--long", "2",
+                        monkeypatch=monkeypatch, capsys=capsys)
     assert "overhead ratio" in out and "fixed cost per batch" in out
     assert "DIFFER" not in out, "both paths must do the same work: the final losses match"
+
+
+def test_overhead_benchmark_measures_in_fresh_processes_and_takes_the_median(monkeypatch, capsys):
+    import subprocess
+
+    started = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: started.append(command) or real_run(command, **kw))
+    out = run_benchmark("overhead.py", "--processes", "2", "--rounds", "1", "--short", "1", "--long", "2",
+                        monkeypatch=monkeypatch, capsys=capsys)
+    assert len(started) == 2 and all("--json" in command for command in started)
+    assert "2 processes x 1 rounds" in out and "fixed cost per batch" in out and "DIFFER" not in out
 
 
 def test_startup_benchmark_smoke():
