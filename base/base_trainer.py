@@ -275,10 +275,8 @@ class BaseTrainer:
                              epoch=checkpoint["epoch"] + 1)
         self.start_epoch = checkpoint["epoch"] + 1
         self.resume_batches = checkpoint["batches_done"]
-        epoch_states = checkpoint["epoch_state"]
-        if isinstance(epoch_states, list):  # stopped mid-epoch: each process continues its own running totals
-            epoch_states = epoch_states[dist.get_rank()] if dist.get_rank() < len(epoch_states) else epoch_states[0]
-        self.resume_state = dict(epoch_states)
+        epoch_state = checkpoint["epoch_state"]  # stopped mid-epoch: each process continues its own totals
+        self.resume_state = dict(dist.own_entry(epoch_state) if isinstance(epoch_state, list) else epoch_state)
         self.global_step = checkpoint["global_step"]
         if checkpoint["config"]["trainer"]["monitor"] == self.monitor:
             self.monitor_best = checkpoint["monitor_best"]
@@ -286,8 +284,7 @@ class BaseTrainer:
             self.best_epoch = checkpoint["best_epoch"]
         self.wandb_id = checkpoint["wandb_id"]
         self.resumed = True
-        states = checkpoint["rng_states"]
-        self._rng_to_restore = states[dist.get_rank()] if dist.get_rank() < len(states) else states[0]
+        self._rng_to_restore = dist.own_entry(checkpoint["rng_states"])
 
     def load_weights(self, checkpoint: dict, path: Path) -> None:
         """--finetune: the model weights only; tensors whose shape changed (a new head) are skipped."""

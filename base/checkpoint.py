@@ -89,9 +89,10 @@ class CheckpointWriter:
 
     ``save`` serializes the state before it returns (so training may change the model right away);
     the checksum, the write, the fsync and the renames happen in the background, one save at a time,
-    in order. ``wait()`` finishes the pending save and re-raises its error, if any: a failed write
-    (a full disk, a file-size limit, an I/O or permission error) is a CheckpointError that says what
-    is still safe on disk, and leaves no temporary file behind.
+    in order (or in the calling thread with ``wait=True``, when the caller needs the file at once).
+    ``wait()`` finishes the pending save and re-raises its error, if any: a failed write (a full
+    disk, a file-size limit, an I/O or permission error) is a CheckpointError that says what is
+    still safe on disk, and leaves no temporary file behind.
 
     Examples:
         >>> writer = CheckpointWriter()

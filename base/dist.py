@@ -86,6 +86,11 @@ def gather_objects(obj) -> list:
     return gathered
 
 
+def own_entry(gathered: list):
+    """This rank's entry of what ``gather_objects`` returned (rank 0's if it came from fewer processes)."""
+    return gathered[get_rank()] if get_rank() < len(gathered) else gathered[0]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

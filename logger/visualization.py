@@ -15,7 +15,7 @@ class EventFile:
     """One TensorBoard event file, written by the calling thread (the format SummaryWriter writes).
 
     SummaryWriter hands every event to a writer thread; in a training loop that hand-over costs
-    more CPU than the event itself (about 1 ms an event, measured with benchmarks/overhead.py).
+    more CPU than the event itself (about 1 ms an event, timed inside the training loop).
     Here an event costs the time to encode it; the file is flushed at least every ``flush_secs``.
     """
 

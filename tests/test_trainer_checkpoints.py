@@ -323,3 +323,11 @@ def test_rng_state_round_trip_through_a_checkpoint_file(tmp_path):
     drawn = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), torch.rand(3))
     assert drawn[:3] == expected[:3]
     assert torch.equal(drawn[3], expected[3])
+
+
+def test_each_process_restores_its_own_entry_or_rank_0s_when_there_were_fewer(monkeypatch):
+    from base import dist
+
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert dist.own_entry(["rank 0", "rank 1"]) == "rank 1"
+    assert dist.own_entry(["rank 0"]) == "rank 0"  # a run saved by one process, resumed by two
