@@ -10,32 +10,15 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
 
 from logger.logger import LEVELS, setup_logging
-from utils.cli import ArgumentParser
+from utils.checkpoint.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
+from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption
 from utils.config import components
 from utils.config import schema as config_schema
 from utils.config.overrides import apply_modifications, parse_overrides
-from utils.config.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
 from utils.errors import ConfigError
 from utils.util import read_json, write_json
-
-
-class CliOption(NamedTuple):
-    """A command-line flag that sets one config value, e.g. ``--lr`` for ``optimizer.args.lr``."""
-
-    flags: list[str]
-    type: type
-    target: str
-    help: str
-
-
-# Shortcuts for the values changed most often; any value can be changed with KEY.PATH=VALUE.
-CLI_OPTIONS = [
-    CliOption(["--lr", "--learning_rate"], float, "optimizer.args.lr", "learning rate"),
-    CliOption(["--bs", "--batch_size"], int, "data_loader.args.batch_size", "batch size per process"),
-]
 
 
 def training_arguments(description: str, resume_help: str) -> ArgumentParser:
@@ -128,7 +111,7 @@ class ConfigParser:
     def _check_resume_changes(self, kfold: bool) -> None:
         """Refuse now, before anything is built, a change that resuming cannot honour (the trainer
         applies the others to the restored optimizer); a k-fold run records its changes here."""
-        from base.resume_changes import check_resume_changes, config_changes, resolved
+        from utils.checkpoint.resume import check_resume_changes, config_changes, resolved
 
         saved = self.run_dir / "config.json"
         changes = config_changes(resolved(read_json(saved)), self._config) if saved.is_file() else {}
@@ -154,8 +137,8 @@ class ConfigParser:
 
     def start_run(self) -> Path:
         """Create the run directory (or reopen the resumed one), save the config, start logging."""
-        from base.checkpoint import clean_temp_files
-        from base.dist import broadcast_object, is_main_process
+        from utils.checkpoint.files import clean_temp_files
+        from utils.distributed import broadcast_object, is_main_process
 
         problem = None
         if is_main_process():  # one holder of the lock per directory: rank 0

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights
-from base.ema import model_weights
+from base.metric_tracker import Scorer
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
-from trainer.predict import Scorer, predict_to_csv, stop_on_signals
+from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module
 from utils.errors import CheckpointError, ConfigError, DataError
+from utils.predict import predict_to_csv, stop_on_signals
+from utils.recipe.ema import model_weights
 from utils.util import amp_dtype, prepare_device, read_json
 
 logger = logging.getLogger("inference")
@@ -96,7 +97,7 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
         torch.as_tensor(np.asarray([dataset.targets[int(i)] for i in indices], dtype=np.float64))).all())
     scorer = Scorer(config, task, loss_args) if labelled else None
     with stop_on_signals(output), blame(data_section, "cannot predict on this data"):
-        predict_to_csv(output, models, loader, ids, device, classes, labelled=labelled, task=task,
+        predict_to_csv(output, models, loader, ids, device, task, classes, labelled=labelled,
                        on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
                        amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,
                        channels_last=config["trainer"]["channels_last"])

@@ -12,18 +12,19 @@ import logging
 
 import numpy as np
 
-from base import dist
-from base.checkpoint import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
-from base.class_weights import resolve_loss_args
-from base.ema import model_weights
-from base.seeding import configure_determinism, seed_everything
-from base.splits import describe_folds, group_folds
-from config_parser import CLI_OPTIONS, CliOption, ConfigParser, training_arguments
+from base.metric_tracker import score
+from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
-from trainer.predict import score, write_held_out_predictions
-from utils.cli import interrupt_on_signals, run_cli
+from utils import distributed as dist
+from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
+from utils.cli import CLI_OPTIONS, CliOption, interrupt_on_signals, run_cli
+from utils.data.class_weights import resolve_loss_args
+from utils.data.splits import describe_folds, group_folds
 from utils.errors import ConfigError
+from utils.predict import write_held_out_predictions
+from utils.recipe.ema import model_weights
+from utils.seeding import configure_determinism, seed_everything
 
 logger = logging.getLogger("kfold")
 KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "number of folds")]
@@ -32,7 +33,7 @@ KFOLD_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "nu
 def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle: bool, seed: int,
                groups=None) -> list:
     """[(train indices, held-out indices)] for each fold, from scikit-learn's (Stratified)KFold, or
-    with ``groups`` its (Stratified)GroupKFold: every group held out by one fold (base/splits.py).
+    with ``groups`` its (Stratified)GroupKFold: every group held out by one fold (utils/data/splits.py).
 
     ``targets`` are the task's stratification labels (``task.stratify_labels``): one per sample, or a
     0/1 matrix (multi-label), split with iterative stratification (iterstrat's MultilabelStratifiedKFold).
@@ -94,8 +95,8 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     checkpoint = load_checkpoint(best_path)
     load_model_weights(trainer.raw_model, model_weights(checkpoint), best_path)  # EMA weights with trainer.ema
     write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
-                               held_out, train_dataset, trainer.device, trainer.amp_dtype, trainer.progress_bar,
-                               trainer.task)
+                               held_out, train_dataset, trainer.device, trainer.task, trainer.amp_dtype,
+                               trainer.progress_bar)
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
         row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]

@@ -8,18 +8,18 @@ import math
 
 import torch
 
-from base import dist
-from base.checkpoint import load_checkpoint, read_resume_checkpoint
-from base.class_weights import resolve_loss_args
 from base.metric_tracker import MetricTracker
-from base.param_groups import build_optimizer
-from base.schedulers import build_lr_scheduler
-from base.seeding import configure_determinism, seed_everything
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
 from trainer.trainer import Trainer
+from utils import distributed as dist
+from utils.checkpoint.files import load_checkpoint, read_resume_checkpoint
 from utils.cli import blame, run_cli
+from utils.data.class_weights import resolve_loss_args
 from utils.errors import ConfigError
+from utils.recipe.param_groups import build_optimizer
+from utils.recipe.schedulers import build_lr_scheduler
+from utils.seeding import configure_determinism, seed_everything
 from utils.util import prepare_device, to_device
 
 
@@ -44,9 +44,9 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
                                   config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
     criterion = task.wrap_loss(config.init_ftn("loss", **loss_args))
     metrics = task.wrap_metrics(config.init_metrics())
-    optimizer = build_optimizer(config, model)  # parameter groups: base/param_groups.py
+    optimizer = build_optimizer(config, model)  # parameter groups: utils/recipe/param_groups.py
     steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
-    lr_scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch)  # warmup: base/schedulers.py
+    lr_scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch)  # warmup: utils/recipe/schedulers.py
 
     trainer_class = config.lookup("trainer")
     trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,

@@ -12,10 +12,20 @@ import json
 import logging
 from pathlib import Path
 
-from base import dist
-from base.checkpoint import fold_dirs, resume_candidates
-from base.seeding import configure_determinism, seed_everything
-from base.tuning import (
+from config_parser import ConfigParser
+from logger.logger import setup_logging
+from train import build_trainer, check_one_batch
+from utils import distributed as dist
+from utils.checkpoint.files import fold_dirs, resume_candidates
+from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption, interrupt_on_signals, run_cli
+from utils.config.components import section_module
+from utils.config.overrides import parse_overrides
+from utils.config.schema import check_path_part
+from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.seeding import configure_determinism, seed_everything
+from utils.tune.report import write_hparams, write_results
+from utils.tune.space import build_search_part, check_space, study_direction, suggest
+from utils.tune.study import (
     Reporter,
     SurplusTrial,
     counted_trials,
@@ -26,15 +36,10 @@ from base.tuning import (
     retry_callback,
     worker_id,
 )
-from config_parser import ConfigParser
-from logger.logger import setup_logging
-from logger.tune_report import write_hparams, write_results
-from train import build_trainer, check_one_batch
-from utils.cli import ArgumentParser, interrupt_on_signals, run_cli
-from utils.config.components import section_module
-from utils.config.sweeps import TUNE_OPTIONS, resolve_sweep, start_sweep, sweep_lock
-from utils.config.tune_space import build_search_part, check_space, study_direction, suggest
-from utils.errors import NonFiniteLossError, TrainingInterrupted
+from utils.tune.sweeps import start_sweep, sweep_lock
+from utils.util import read_json
+
+TUNE_OPTIONS = [*CLI_OPTIONS, CliOption(["--folds"], int, "kfold.n_splits", "number of folds (with --kfold)")]
 
 logger = logging.getLogger("tune")
 
@@ -190,6 +195,41 @@ def optimize(runner: TrialRunner, study, storage) -> None:
                     runner.monitor_key, study.best_value, runner.sweep_dir / "best_config.json")
 
 
+def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
+    """(the checked base config, the sweep directory or None for a new one, the study's settings)."""
+    modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in TUNE_OPTIONS
+                    if getattr(args, o.flags[0].lstrip("-"), None) is not None}
+    modification |= parse_overrides(args.overrides)
+    sweep_dir, settings = None, {}
+    if args.resume:
+        sweep_dir = Path(args.resume)
+        if not (sweep_dir / "tune.json").is_file():
+            raise ConfigError(str(sweep_dir), "is not a sweep directory of tune.py (it has no tune.json)")
+        raw = read_json(args.config or sweep_dir / "config.json")
+    elif args.config is None:
+        raise ConfigError("command line", "give a config file with -c config.json, or a sweep to continue with -r")
+    else:
+        raw = read_json(args.config)
+    config = ConfigParser(raw, modification=modification)
+    if sweep_dir is None and args.run_id is not None:
+        check_path_part("--run-id", args.run_id)
+        sweep_dir = config.runs_dir / args.run_id
+        # A sweep's tune.json is written first: a folder with a config.json but none is a training run.
+        if (sweep_dir / "config.json").is_file() and not (sweep_dir / "tune.json").is_file():
+            raise ConfigError("--run-id", f"{sweep_dir} is a training run, not a sweep; choose another id")
+    if sweep_dir is not None and (sweep_dir / "tune.json").is_file():
+        settings = read_json(sweep_dir / "tune.json")
+    given = {"storage": args.storage, "study_name": args.study_name, "trials": args.trials,
+             "kfold": True if args.kfold else None}
+    settings |= {key: value for key, value in given.items() if value is not None}
+    if not isinstance(settings.get("trials"), int) or settings["trials"] < 1:
+        raise ConfigError("--trials", "give the number of trials of the study, e.g. --trials 20")
+    if settings.get("storage") and "://" not in settings["storage"]:
+        settings["storage"] = str(Path(settings["storage"]).resolve())  # a journal file: valid from any folder
+    return config, sweep_dir, settings
+
+
+
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_intermixed_args(argv)
     config, sweep_dir, settings = resolve_sweep(args)
@@ -209,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     if dist.is_main_process() and settings.get("storage"):
         storage = open_storage(settings["storage"], sweep_dir, config["tune"])  # a bad URL: before any folder
     sweep_dir, settings = start_sweep(config, sweep_dir, settings)
+    setup_logging(sweep_dir, config["trainer"]["verbosity"], dist.is_main_process())
     runner = TrialRunner(config, sweep_dir, settings)
     with interrupt_on_signals(runner.resume_command):
         if not dist.is_main_process():

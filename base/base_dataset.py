@@ -4,8 +4,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from base.seeding import seeded_rng
 from utils.errors import DataError
+from utils.seeding import seeded_rng
 
 
 class BaseDataset(Dataset):
@@ -16,7 +16,7 @@ class BaseDataset(Dataset):
         it drives stratified splits and k-fold;
       - ``classes`` (optional): the class names, which predictions.csv adds as ``prediction_name``;
       - ``groups`` (optional): one hashable value per sample (a person, a patient, a video): the
-        validation split and k-fold then keep every group on one side (base/splits.py).
+        validation split and k-fold then keep every group on one side (utils/data/splits.py).
 
     A sample is transformed here, not in ``load``: the training transform for training, the
     evaluation transform for validation, test and inference data (see ``evaluation()``). The training

@@ -60,7 +60,7 @@ class Metric(ABC):
 
     def sync(self) -> None:
         """Under DDP, before ``compute()``: add each running total over the processes (every process calls it)."""
-        from base.dist import all_reduce_sum
+        from utils.distributed import all_reduce_sum
 
         self.load_state([all_reduce_sum(tensor) for tensor in self.state()])
 

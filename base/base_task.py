@@ -110,7 +110,7 @@ class BaseTask:
 
     def figure_reduce(self, state):
         """The state over all DDP processes."""
-        from base.dist import all_reduce_sum
+        from utils.distributed import all_reduce_sum
 
         return None if state is None else all_reduce_sum(state)
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import torch
 
-from base import dist
-from base.checkpoint import FORMAT_VERSION, CheckpointWriter, load_model_weights, strip_module_prefix
-from base.ema import ModelEma
-from base.freezing import BackboneFreezer, rewrap_ddp
-from base.param_groups import group_lrs
-from base.pretrained import load_matching
-from base.resume_changes import apply_resume_changes
-from base.seeding import get_rng_state, seed_everything, set_rng_state
 from logger.recorder import RunRecorder, flatten
+from utils import distributed as dist
+from utils.checkpoint.files import FORMAT_VERSION, CheckpointWriter, load_model_weights, strip_module_prefix
+from utils.checkpoint.pretrained import load_matching
+from utils.checkpoint.resume import apply_resume_changes
 from utils.cli import on_stop_signals
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
+from utils.recipe.ema import ModelEma
+from utils.recipe.freezing import BackboneFreezer, rewrap_ddp
+from utils.recipe.param_groups import group_lrs
+from utils.seeding import get_rng_state, seed_everything, set_rng_state
 from utils.util import amp_dtype
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from base.base_metric import Metric
-from base.dist import is_distributed
+from utils.distributed import is_distributed
 
 
 class MeanMetric(Metric):
@@ -119,3 +119,36 @@ class MetricTracker:
             for metric in self._all().values():
                 metric.sync()
         return {prefix + name: metric.compute() for name, metric in self._all().items()}
+
+
+class Scorer:
+    """The config's loss and metrics (as the task adapts them) over predictions given batch by batch,
+    exact over samples. ``loss_args`` replace the config's loss arguments: the checkpoint's
+    "balanced" class weights.
+
+    Examples:
+        >>> scorer = Scorer(config)
+        >>> for outputs, targets in predict_batches([model], loader, device):
+        ...     scorer.update(outputs, targets)
+        >>> scorer.result()
+        {'loss': 0.05, 'accuracy': 0.986}
+    """
+
+    def __init__(self, config, task=None, loss_args: dict | None = None):
+        task = task if task is not None else config.init_obj("task")
+        self.tracker = MetricTracker(task.wrap_metrics(config.init_metrics()))
+        self.criterion = task.wrap_loss(config.init_ftn("loss", **(loss_args or {})))
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.tracker.update(self.criterion(outputs, targets), outputs, targets)
+
+    def result(self) -> dict:
+        return self.tracker.result(sync=False)
+
+
+def score(config, outputs: torch.Tensor, targets: torch.Tensor, task=None,
+          loss_args: dict | None = None) -> dict:
+    """The config's loss and metrics over a set of predictions held in memory (see ``Scorer``)."""
+    scorer = Scorer(config, task, loss_args)
+    scorer.update(outputs, targets)
+    return scorer.result()

@@ -23,10 +23,10 @@ import torch.nn.functional as F  # noqa: E402
 
 import data_loader.data_loaders as module_data  # noqa: E402
 import model.model as module_arch  # noqa: E402
-from base.seeding import seed_everything  # noqa: E402
 from config_parser import ConfigParser  # noqa: E402
 from logger.logger import setup_logging  # noqa: E402
 from train import build_trainer  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
 
 RESNET50 = {"type": "ResNet", "args": {"num_blocks": [3, 4, 6, 3], "block": "bottleneck", "num_classes": 1000,
                                        "in_channels": 3, "widths": [64, 128, 256, 512], "stem": "imagenet"}}

@@ -43,11 +43,11 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 import model.model as module_arch  # noqa: E402
-from base.seeding import seed_everything  # noqa: E402
 from config_parser import ConfigParser  # noqa: E402
 from dataset.datasets import DigitsDataset  # noqa: E402
 from logger.logger import setup_logging  # noqa: E402
 from train import build_trainer  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
 
 LINEAR = {"type": "MLP", "args": {"in_features": 64, "num_classes": 10, "hidden": []}}
 RESNET18_SHAPE = {"type": "ResNet", "args": {"num_blocks": [2, 2, 2, 2], "widths": [16, 32, 64, 128],

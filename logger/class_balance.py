@@ -43,7 +43,7 @@ def report_class_balance(data_loader, tensorboard=None) -> None:
 
     The table and image need class indices; regression, multi-label and multi-head data have none here.
     """
-    from base.splits import describe_split
+    from utils.data.splits import describe_split
 
     dataset, train_indices, valid_indices = data_loader.dataset, data_loader.train_indices, data_loader.valid_indices
     groups_line = describe_split(dataset, train_indices, valid_indices, getattr(data_loader, "splitter", "?"))

@@ -8,9 +8,11 @@ Two kinds, both exact over every sample of an epoch:
 import torch
 
 from base import Metric, confusion_matrix
-from model.metric_regression import R2, RMSE, MeanAveragePrecision, MultilabelF1, mae, subset_accuracy
+from model.metric_multilabel import MeanAveragePrecision, MultilabelF1, subset_accuracy
+from model.metric_regression import R2, RMSE, mae
 
-# The regression and multi-label metrics live in model/metric_regression.py; these are their config names.
+# The regression and multi-label metrics live in model/metric_regression.py and model/metric_multilabel.py;
+# these are their config names.
 rmse, r2, mean_average_precision = RMSE, R2, MeanAveragePrecision
 __all__ = ["accuracy", "top_k_acc", "MacroF1", "mae", "rmse", "r2", "MultilabelF1", "subset_accuracy",
            "mean_average_precision"]

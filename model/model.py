@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from base.base_model import BaseModel
-from base.pretrained import load_matching, read_weights_file
 from model.blocks import BasicBlock, Bottleneck
+from utils.checkpoint.pretrained import load_matching, read_weights_file
 from utils.errors import ConfigError
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -23,13 +23,6 @@ import torch
 import model.model as module_arch
 import train as train_script
 from base.base_model import BaseModel
-from base.checkpoint import (
-    clean_temp_files,
-    link_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    strip_module_prefix,
-)
 from model.model import ResNet
 from tests.conftest import (
     IRIS_CONFIG,
@@ -39,6 +32,13 @@ from tests.conftest import (
     make_config,
     run_dirs,
     run_in_process,
+)
+from utils.checkpoint.files import (
+    clean_temp_files,
+    link_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    strip_module_prefix,
 )
 from utils.cli import run_cli
 from utils.errors import CheckpointError

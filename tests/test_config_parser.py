@@ -13,7 +13,7 @@ import data_loader.data_loaders as module_data
 import model.loss as module_loss
 import model.metric as module_metric
 import model.model as module_arch
-import utils.config.runs
+import utils.checkpoint.runs
 from base import Metric
 from config_parser import ConfigParser, training_arguments
 from dataset.datasets import IrisDataset
@@ -299,7 +299,7 @@ def test_two_runs_in_the_same_second_get_different_directories(tmp_path, monkeyp
         def now(cls, tz=None):
             return real_datetime(2030, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(utils.config.runs, "datetime", FrozenDatetime)
+    monkeypatch.setattr(utils.checkpoint.runs, "datetime", FrozenDatetime)
     first = ConfigParser(iris(tmp_path)).start_run()
     second = ConfigParser(iris(tmp_path)).start_run()
     third = ConfigParser(iris(tmp_path)).start_run()
@@ -363,7 +363,7 @@ def test_device_option_sets_cuda_visible_devices(script, tmp_path, monkeypatch, 
 
 
 def test_deterministic_switches_torch_determinism_on_and_off():
-    from base.seeding import configure_determinism
+    from utils.seeding import configure_determinism
 
     try:
         configure_determinism(True)

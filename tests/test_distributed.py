@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import train
-from base.seeding import seed_everything
 from config_parser import ConfigParser
 from tests.conftest import (
     IRIS_CONFIG,
@@ -20,6 +19,7 @@ from tests.conftest import (
     run_in_process,
     run_script,
 )
+from utils.seeding import seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ sys.path.insert(0, {repo!r})
 import train
 import trainer as module_trainer
 from trainer.trainer import Trainer
-from base import dist
+from utils import distributed as dist
 from utils.cli import run_cli
 
 class RankSkewedTrainer(Trainer):

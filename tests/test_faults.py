@@ -9,10 +9,10 @@ import sys
 import pandas as pd
 import pytest
 
-from base.checkpoint import load_checkpoint
 from config_parser import ConfigParser, training_arguments
 from tests.conftest import REPO, make_config, run_dirs, run_in_process, run_script
-from utils.config.runs import lock_run_dir
+from utils.checkpoint.files import load_checkpoint
+from utils.checkpoint.runs import lock_run_dir
 from utils.errors import ConfigError
 
 
@@ -56,7 +56,7 @@ def test_a_second_process_on_a_locked_run_directory_is_refused(run):
 
 
 def test_the_lock_of_a_killed_process_is_released_by_the_kernel(run):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.config.runs import "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.checkpoint.runs import "
                                f"lock_run_dir; f = lock_run_dir(__import__('pathlib').Path({str(run)!r})); "
                                "print('locked', flush=True); time.sleep(600)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)

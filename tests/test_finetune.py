@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-from base.seeding import seed_everything
 from config_parser import ConfigParser
 from tests.conftest import make_config, run_dirs
 from tests.test_config_errors import assert_one_error, run_main
 from tests.test_resume import assert_identical
+from utils.seeding import seed_everything
 from utils.util import read_json
 
 RGB_16 = [{"type": "Resize", "args": {"size": 16, "antialias": True}}, {"type": "RGB"}]
@@ -184,7 +184,7 @@ def test_group_lrs_follow_warmup_and_schedule_whatever_the_accumulation(tmp_path
 
 
 def optimizer_for(model, **optimizer) -> torch.optim.Optimizer:
-    from base.param_groups import build_optimizer
+    from utils.recipe.param_groups import build_optimizer
 
     return build_optimizer({"optimizer": {"type": "AdamW", "args": {"lr": 0.001, "weight_decay": 0.05}} | optimizer},
                            model)
@@ -231,7 +231,7 @@ def test_layer_decay_scales_each_group_as_timm_does():
 
 
 def lr_trace(spec: dict, steps: int = 7) -> list[float]:
-    from base.schedulers import build_lr_scheduler
+    from utils.recipe.schedulers import build_lr_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = build_lr_scheduler({"lr_scheduler": spec}, optimizer, steps_per_epoch=5)

@@ -15,13 +15,14 @@ from sklearn.utils.class_weight import compute_class_weight
 
 import kfold_train
 import train
-from base.base_data_loader import BaseDataLoader, split_indices
-from base.samplers import BalancedEpochSampler
+from base.base_data_loader import BaseDataLoader
 from dataset.datasets import ImageDataset
 from kfold_train import make_folds
 from model.loss import cross_entropy
 from tests.conftest import IRIS_CONFIG, make_config, run_dirs
 from trainer.trainer import Trainer
+from utils.data.samplers import BalancedEpochSampler
+from utils.data.splits import split_indices
 from utils.errors import DataError, TrainingInterrupted
 
 

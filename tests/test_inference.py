@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from base import BaseTask
 from dataset.datasets import DigitsDataset
 from kfold_train import make_folds
 from tests.conftest import IRIS_CONFIG, make_config, run_dirs, run_in_process, run_script
-from trainer.predict import predict
+from utils.predict import predict
 
 DIGIT_PROBS = [f"prob_{c}" for c in range(10)]
 FLIP = [{"type": "RandomHorizontalFlip", "args": {"p": 1.0}}]
@@ -262,19 +263,19 @@ def test_predict_averages_probabilities_over_models_and_views():
         logits = [model(data) for model in models]
         flipped_logits = [model(data.flip(-1)) for model in models]
 
-    outputs, predicted_targets = predict(models[:1], loader, cpu)
+    outputs, predicted_targets = predict(models[:1], loader, cpu, BaseTask())
     torch.testing.assert_close(outputs, logits[0])  # one model, no TTA: the logits themselves
     torch.testing.assert_close(predicted_targets, targets)
 
-    outputs, _ = predict(models[:1], loader, cpu, tta=[flip])
+    outputs, _ = predict(models[:1], loader, cpu, BaseTask(), tta=[flip])
     expected = (logits[0].softmax(1) + flipped_logits[0].softmax(1)) / 2
     torch.testing.assert_close(outputs.exp(), expected)
     assert not torch.allclose(outputs.softmax(1), logits[0].softmax(1), atol=1e-3)
 
-    outputs, _ = predict(models, loader, cpu)
+    outputs, _ = predict(models, loader, cpu, BaseTask())
     torch.testing.assert_close(outputs.exp(), (logits[0].softmax(1) + logits[1].softmax(1)) / 2)
 
-    outputs, _ = predict(models, loader, cpu, tta=[flip])
+    outputs, _ = predict(models, loader, cpu, BaseTask(), tta=[flip])
     everything = torch.stack([x.softmax(1) for x in (*logits, *flipped_logits)]).mean(0)
     torch.testing.assert_close(outputs.exp(), everything)
 

@@ -6,9 +6,9 @@ import pandas as pd
 
 import logger.visualization as visualization
 import train as train_script
-from base.checkpoint import load_checkpoint
 from logger.visualization import record_confusion_matrix, top_confused_pairs
 from tests.conftest import make_config, run_dirs
+from utils.checkpoint.files import load_checkpoint
 from utils.cli import run_cli
 
 
@@ -58,7 +58,7 @@ def test_inference_streams_rows_and_sigterm_leaves_no_partial_file(tmp_path, mon
     import signal
 
     import inference
-    import trainer.predict as predict_module
+    import utils.predict as predict_module
 
     config = make_config(tmp_path, **{"trainer.epochs": 1})
     try:

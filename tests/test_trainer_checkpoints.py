@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import train
-from base.checkpoint import load_checkpoint
 from config_parser import ConfigParser
 from logger.logger import setup_logging
 from tests.conftest import IRIS_CONFIG, TINY_CONFIG, assert_same_tensors, make_config, run_dirs
+from utils.checkpoint.files import load_checkpoint
 from utils.util import read_json
 
 # The digits with a small MLP: no BatchNorm or dropout, so with lr=0 nothing changes between epochs.
@@ -311,8 +311,8 @@ def test_rng_state_round_trip_through_a_checkpoint_file(tmp_path):
 
     import numpy as np
 
-    from base.checkpoint import save_checkpoint
-    from base.seeding import get_rng_state, seed_everything, set_rng_state
+    from utils.checkpoint.files import save_checkpoint
+    from utils.seeding import get_rng_state, seed_everything, set_rng_state
 
     seed_everything(5)
     random.random(), np.random.rand(), torch.rand(1), random.gauss(0, 1)  # a cached Gaussian in Python's state
@@ -326,7 +326,7 @@ def test_rng_state_round_trip_through_a_checkpoint_file(tmp_path):
 
 
 def test_each_process_restores_its_own_entry_or_rank_0s_when_there_were_fewer(monkeypatch):
-    from base import dist
+    from utils import distributed as dist
 
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     assert dist.own_entry(["rank 0", "rank 1"]) == "rank 1"

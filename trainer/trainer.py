@@ -5,14 +5,14 @@ import math
 import torch
 from tqdm import tqdm
 
-from base import dist
 from base.base_task import BaseTask
 from base.base_trainer import BaseTrainer
 from base.metric_tracker import MetricTracker
-from base.mixup import build_mixer
 from logger.class_balance import report_class_balance
 from logger.visualization import input_grid
+from utils import distributed as dist
 from utils.errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.recipe.mixup import build_mixer
 from utils.util import autocast, is_image_batch, to_device
 
 logger = logging.getLogger(__name__)

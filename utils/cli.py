@@ -6,10 +6,28 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted, UserError
 
 DEBUG_ENV = "TEMPLATE_DEBUG"
+
+
+class CliOption(NamedTuple):
+    """A command-line flag that sets one config value, e.g. ``--lr`` for ``optimizer.args.lr``."""
+
+    flags: list[str]
+    type: type
+    target: str
+    help: str
+
+
+# Shortcuts for the values changed most often; any value can be changed with KEY.PATH=VALUE.
+CLI_OPTIONS = [
+    CliOption(["--lr", "--learning_rate"], float, "optimizer.args.lr", "learning rate"),
+    CliOption(["--bs", "--batch_size"], int, "data_loader.args.batch_size", "batch size per process"),
+]
+
 
 
 class ArgumentParser(argparse.ArgumentParser):

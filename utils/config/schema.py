@@ -93,7 +93,7 @@ INFERENCE = {
     "output": Field((str, NONE), None),
     "tta": Field((list,), []),
 }
-TUNE = {  # tune.py's search; the space entries are checked in utils/config/tune_space.py
+TUNE = {  # tune.py's search; the space entries are checked in utils/tune/space.py
     "direction": Field((str,), "auto", one_of("auto", "minimize", "maximize")),
     "space": Field((dict,), {}),
     "sampler": Field((dict, NONE), None),

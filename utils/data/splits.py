@@ -7,11 +7,15 @@ k-fold folds are drawn from scikit-learn's group-aware splitters instead:
 - holdout: ``StratifiedGroupKFold`` (stratified) or ``GroupShuffleSplit``; one of its parts;
 - k-fold: ``StratifiedGroupKFold`` (stratified) or ``GroupKFold``.
 """
+import logging
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from utils.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 
 def group_codes(groups: Sequence) -> np.ndarray:
@@ -102,3 +106,58 @@ def holdout_splitter(dataset, validation_split, stratify: bool, group_split: boo
     if group_split and getattr(dataset, "groups", None) is not None:
         return "StratifiedGroupKFold" if stratify else "GroupShuffleSplit"
     return "train_test_split, stratified" if stratify else "random by sample"
+
+
+def split_indices(dataset, validation_split, stratify: bool, split_seed: int,
+                  group_split: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices for training and validation. The split draws from its own generator.
+
+    With ``dataset.groups`` (and ``group_split``), whole groups go to one side (utils/data/splits.py).
+    """
+    n = len(dataset)
+    if isinstance(validation_split, (list, tuple, np.ndarray, torch.Tensor)):
+        valid = np.asarray(validation_split, dtype=np.int64)
+        if valid.size and (valid.min() < 0 or valid.max() >= n):
+            raise ValueError(f"validation_split: indices must lie in [0, {n}), the dataset's size")
+        train = np.setdiff1d(np.arange(n), valid)
+    else:
+        n_valid = validation_count(validation_split, n)
+        if n_valid == 0:
+            return np.arange(n), np.arange(0)
+        groups = getattr(dataset, "groups", None) if group_split else None
+        if stratify and getattr(dataset, "targets", None) is None:
+            raise ValueError("stratify: needs a dataset with targets; set it to false")
+        if groups is not None:
+            train, valid = group_holdout(getattr(dataset, "targets", None), groups, n_valid, stratify, split_seed)
+        elif stratify:
+            from sklearn.model_selection import train_test_split
+
+            try:
+                train, valid = train_test_split(
+                    np.arange(n), test_size=n_valid, stratify=np.asarray(dataset.targets), random_state=split_seed
+                )
+            except ValueError as error:  # e.g. fewer validation samples than classes
+                logger.warning("validation_split: a stratified split cannot be made (%s); using a random split",
+                               str(error).rstrip("."))
+                stratify = False
+        if groups is None and not stratify:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).numpy()
+            train, valid = order[n_valid:], order[:n_valid]
+        train, valid = np.sort(train), np.sort(valid)
+    if len(train) == 0:
+        raise ValueError(f"validation_split: leaves no training data (the dataset has {n} samples)")
+    return train, valid
+
+
+def validation_count(validation_split: float | int, n: int) -> int:
+    """How many of ``n`` samples a fraction or a count holds out."""
+    if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)):
+        raise ValueError(f"validation_split: must be a fraction, a count or a list, got {validation_split!r}")
+    if isinstance(validation_split, int):
+        if not 0 <= validation_split < n:
+            raise ValueError(f"validation_split: a count must lie in [0, {n}), the dataset's size; "
+                             f"got {validation_split}")
+        return validation_split
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split: a fraction must lie in [0, 1), got {validation_split}")
+    return max(1, round(n * validation_split)) if validation_split > 0 else 0

@@ -46,7 +46,7 @@ def resolve_resume(target: str, config_path: str | None, modification: dict, kfo
     (after the command line's changes) that train.py (or, with ``kfold``, kfold_train.py) can resume.
     The run's saved config is used, unless ``-c`` gives one with an explicit TARGET.
     """
-    from base.checkpoint import fold_dirs, load_checkpoint, resume_candidates
+    from utils.checkpoint.files import fold_dirs, load_checkpoint, resume_candidates
 
     def is_kfold_run(folder: Path) -> bool:
         return bool(fold_dirs(folder))

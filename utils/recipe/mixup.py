@@ -7,8 +7,8 @@ batch index, process) alone, so a resumed run mixes exactly as one never stopped
 import torch
 import torch.nn.functional as F
 
-from base.seeding import sample_seeds
 from utils.errors import ConfigError
+from utils.seeding import sample_seeds
 
 
 class BatchMixer:

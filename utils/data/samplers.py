@@ -1,15 +1,15 @@
-"""Samplers of the training order: the balanced sampler for imbalanced classes.
-
-The plain shuffle is ``EpochSampler`` in base/base_data_loader.py; this one subclasses it, so it
-keeps its contract: the order of an epoch comes from (seed, epoch) alone, each DDP process reads its
+"""Samplers of the training order: ``EpochSampler`` (every sample once per epoch) and the balanced
+sampler for imbalanced classes. Both keep one contract: the order of an epoch comes from (seed, epoch) alone, each DDP process reads its
 own share of it, and ``skip`` resumes in the middle of an epoch.
 """
 import math
 from collections.abc import Sequence
 
 import numpy as np
+from torch.utils.data import DistributedSampler
 
-from base.seeding import sample_seeds
+from utils.distributed import get_rank, get_world_size
+from utils.seeding import sample_seeds
 
 
 def balancing_keys(targets) -> np.ndarray:
@@ -74,3 +74,43 @@ class BalancedEpochSampler:
 
     def __len__(self) -> int:
         return self.num_samples - self.skip
+
+
+class EpochSampler(DistributedSampler):
+    """The training order of an epoch, from (seed, epoch) alone, shared out over the DDP processes.
+
+    It yields ``(dataset index, sample seed)`` keys, so a sample's augmentation depends only on
+    (seed, epoch, index). ``skip`` drops the first samples of the epoch's order without loading them,
+    to resume in the middle of an epoch.
+    """
+
+    def __init__(self, indices: Sequence[int], shuffle: bool, seed: int, num_replicas: int, rank: int):
+        super().__init__(indices, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.indices = indices
+        self.skip = 0
+
+    def __iter__(self):
+        positions = list(super().__iter__())[self.skip :]
+        indices = np.asarray(self.indices)[positions]
+        seeds = sample_seeds(self.seed, self.epoch, indices)
+        return iter(zip(indices.tolist(), seeds.tolist()))
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def make_epoch_sampler(dataset, train_indices, shuffle: bool, seed: int, sampler: str | None,
+                       samples_per_epoch: int | None):
+    """The training order: every sample once per epoch (EpochSampler), or the balanced draw."""
+    if sampler not in (None, "balanced"):
+        raise ValueError(f"sampler: must be null or 'balanced', got {sampler!r}")
+    if samples_per_epoch is not None and (sampler is None or isinstance(samples_per_epoch, bool)
+                                          or not isinstance(samples_per_epoch, int) or samples_per_epoch < 1):
+        raise ValueError("samples_per_epoch: must be a positive integer, with sampler 'balanced'; "
+                         f"got {samples_per_epoch!r}")
+    if sampler is None:
+        return EpochSampler(train_indices, shuffle, seed, get_world_size(), get_rank())
+    if getattr(dataset, "targets", None) is None:
+        raise ValueError("sampler: 'balanced' needs a dataset with targets")
+    targets = np.asarray(dataset.targets)[train_indices]
+    return BalancedEpochSampler(train_indices, targets, seed, get_world_size(), get_rank(), samples_per_epoch)

@@ -12,16 +12,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from base.base_task import BaseTask
-from base.metric_tracker import MetricTracker
 from utils.cli import on_stop_signals
 from utils.errors import PredictionInterrupted
 from utils.util import autocast, to_device
 
 
 @torch.inference_mode()
-def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
-                    tta: Sequence[Callable] = (), channels_last: bool = False, task: BaseTask | None = None,
+def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.device, task, amp_dtype=None,
+                    tta: Sequence[Callable] = (), channels_last: bool = False,
                     progress: bool = False, desc: str = "predicting") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The model outputs and the targets of each batch of ``loader``, in order, with a progress bar.
 
@@ -31,7 +29,6 @@ def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.dev
     (the batch itself, then each TTA transform applied to it), which a loss like cross-entropy still
     reads correctly; for regression the mean of the values.
     """
-    task = task if task is not None else BaseTask()
     for model in models:
         model.eval()
     samples = len(getattr(loader, "sampler", None) or loader.dataset)
@@ -45,11 +42,10 @@ def predict_batches(models: Sequence[torch.nn.Module], loader, device: torch.dev
             yield output, task.prepare_target(to_device(target, device))
 
 
-def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, amp_dtype=None,
-            tta: Sequence[Callable] = (), channels_last: bool = False,
-            task: BaseTask | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(models: Sequence[torch.nn.Module], loader, device: torch.device, task, amp_dtype=None,
+            tta: Sequence[Callable] = (), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Every output and target of ``loader`` at once (see ``predict_batches``): for small data."""
-    batches = list(predict_batches(models, loader, device, amp_dtype, tta, channels_last, task))
+    batches = list(predict_batches(models, loader, device, task, amp_dtype, tta, channels_last))
     return torch.cat([output for output, _ in batches]), torch.cat([target for _, target in batches])
 
 
@@ -58,17 +54,16 @@ class PredictionWriter:
     block the file is renamed to ``path``, or, after an error or an interruption, removed.
 
     Examples:
-        >>> with PredictionWriter("predictions.csv", classes=["cat", "dog"], labelled=True) as writer:
+        >>> with PredictionWriter("predictions.csv", task, classes=["cat", "dog"], labelled=True) as writer:
         ...     for ids, outputs, targets in batches:
         ...         writer.write(ids, outputs, targets)
     """
 
-    def __init__(self, path: str | Path, classes: Sequence[str] | None = None, labelled: bool = True,
-                 task: BaseTask | None = None):
+    def __init__(self, path: str | Path, task, classes: Sequence[str] | None = None, labelled: bool = True):
         self.path = Path(path)
         self.temp = self.path.with_name(self.path.name + ".tmp")
         self.classes, self.labelled = classes, labelled
-        self.task = task if task is not None else BaseTask()
+        self.task = task
         self.file = None
 
     def __enter__(self) -> "PredictionWriter":
@@ -91,27 +86,26 @@ class PredictionWriter:
             self.temp.unlink(missing_ok=True)
 
 
-def write_predictions(path: str | Path, ids: Sequence, outputs: torch.Tensor, targets: torch.Tensor | None = None,
-                      classes: Sequence[str] | None = None, task: BaseTask | None = None) -> None:
+def write_predictions(path: str | Path, task, ids: Sequence, outputs: torch.Tensor,
+                      targets: torch.Tensor | None = None, classes: Sequence[str] | None = None) -> None:
     """Write the predictions CSV of outputs held in memory; ``targets`` is left out when the labels
     are unknown (None, or no target is known to the task, e.g. every class index is -1)."""
-    task = task if task is not None else BaseTask()
     labelled = targets is not None and bool(task.known_targets(targets).any())
-    with PredictionWriter(path, classes, labelled, task) as writer:
+    with PredictionWriter(path, task, classes, labelled) as writer:
         writer.write(ids, outputs, targets)
 
 
 def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, ids: Sequence, device: torch.device,
-                   classes: Sequence[str] | None = None, labelled: bool = True, on_batch: Callable | None = None,
-                   progress: bool = False, task: BaseTask | None = None, **predict_options) -> int:
+                   task, classes: Sequence[str] | None = None, labelled: bool = True,
+                   on_batch: Callable | None = None, progress: bool = False, **predict_options) -> int:
     """Predict every sample of ``loader`` and stream the rows to ``path`` (see PredictionWriter).
 
     ``ids`` are the samples' ids in the loader's order; ``on_batch(outputs, targets)`` sees each
     batch (to score it). Returns the number of rows written.
     """
     done = 0
-    with PredictionWriter(path, classes, labelled, task) as writer:
-        for outputs, targets in predict_batches(models, loader, device, task=task, progress=progress,
+    with PredictionWriter(path, task, classes, labelled) as writer:
+        for outputs, targets in predict_batches(models, loader, device, task, progress=progress,
                                                 **predict_options):
             writer.write(ids[done:done + len(outputs)], outputs, targets)
             if on_batch is not None:
@@ -121,28 +115,27 @@ def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, 
 
 
 def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader, held_out: Sequence[int], dataset,
-                               device: torch.device, amp_dtype=None, progress: bool = False,
-                               task: BaseTask | None = None) -> None:
+                               device: torch.device, task, amp_dtype=None, progress: bool = False) -> None:
     """k-fold: predict a fold's held-out samples (``loader``, in ``held_out`` order) into ``path``.
 
     One process streams the rows to disk. Under DDP each process predicts its share, keeping only
     compact per-batch arrays, and the main process writes them all.
     """
-    from base import dist
+    from utils import distributed as dist
 
     if not dist.is_distributed():
         ids = [dataset.sample_id(int(i)) for i in held_out]
-        predict_to_csv(path, [model], loader, ids, device, dataset.classes, progress=progress, amp_dtype=amp_dtype,
-                       desc="out-of-fold", task=task)
+        predict_to_csv(path, [model], loader, ids, device, task, dataset.classes, progress=progress,
+                       amp_dtype=amp_dtype, desc="out-of-fold")
         return
     batches = [(output.cpu(), target.cpu()) for output, target in
-               predict_batches([model], loader, device, amp_dtype, task=task, progress=progress, desc="out-of-fold")]
+               predict_batches([model], loader, device, task, amp_dtype, progress=progress, desc="out-of-fold")]
     share = held_out[dist.get_rank()::dist.get_world_size()]
     shards = dist.gather_objects((share, torch.cat([o for o, _ in batches]), torch.cat([t for _, t in batches])))
     if dist.is_main_process():
         ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
-        write_predictions(path, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
-                          dataset.classes, task)
+        write_predictions(path, task, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
+                          dataset.classes)
 
 
 def stop_on_signals(output: str | Path):
@@ -152,36 +145,3 @@ def stop_on_signals(output: str | Path):
         raise PredictionInterrupted(signum, output)
 
     return on_stop_signals(stop)
-
-
-class Scorer:
-    """The config's loss and metrics (as the task adapts them) over predictions given batch by batch,
-    exact over samples. ``loss_args`` replace the config's loss arguments: the checkpoint's
-    "balanced" class weights.
-
-    Examples:
-        >>> scorer = Scorer(config)
-        >>> for outputs, targets in predict_batches([model], loader, device):
-        ...     scorer.update(outputs, targets)
-        >>> scorer.result()
-        {'loss': 0.05, 'accuracy': 0.986}
-    """
-
-    def __init__(self, config, task: BaseTask | None = None, loss_args: dict | None = None):
-        task = task if task is not None else config.init_obj("task")
-        self.tracker = MetricTracker(task.wrap_metrics(config.init_metrics()))
-        self.criterion = task.wrap_loss(config.init_ftn("loss", **(loss_args or {})))
-
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        self.tracker.update(self.criterion(outputs, targets), outputs, targets)
-
-    def result(self) -> dict:
-        return self.tracker.result(sync=False)
-
-
-def score(config, outputs: torch.Tensor, targets: torch.Tensor, task: BaseTask | None = None,
-          loss_args: dict | None = None) -> dict:
-    """The config's loss and metrics over a set of predictions held in memory (see ``Scorer``)."""
-    scorer = Scorer(config, task, loss_args)
-    scorer.update(outputs, targets)
-    return scorer.result()

@@ -12,7 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
-from base import dist
+from utils import distributed as dist
 from utils.errors import ConfigError
 
 logger = logging.getLogger("tune")
