@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 from logger.logger import LEVELS, setup_logging
+from utils.checkpoint.resume import ResumePoint, compare_configs
 from utils.checkpoint.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
 from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption
 from utils.config import components
@@ -68,6 +69,7 @@ class ConfigParser:
         self.run_id = run_id
         self.dry_run = dry_run
         self._run_lock = None  # the open lock file of the run directory, from start_run()
+        self._resume_point: ResumePoint | None = None
         self._unsaved_changes = False  # resume changes not yet in config.json (see record_resume)
         self.parent: ConfigParser | None = None  # a k-fold fold's: the k-fold run's config
         if run_id is not None:
@@ -104,20 +106,21 @@ class ConfigParser:
         parsed = cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),
                      run_dir=run_dir, finetune=getattr(args, "finetune", None),
                      dry_run=getattr(args, "dry_run", False))
-        if resume:
-            parsed._check_resume_changes(kfold)
+        if resume and kfold:  # a k-fold run: compared with its config.json (each fold with its checkpoint)
+            saved = run_dir / "config.json"
+            changes = compare_configs(read_json(saved), parsed.config) if saved.is_file() else {}
+            if changes:
+                parsed.record_resume(None, changes)
+        elif resume:  # read the checkpoint now: a change resuming cannot honour stops before anything is built
+            parsed.resume_point()
         return parsed
 
-    def _check_resume_changes(self, kfold: bool) -> None:
-        """Refuse now, before anything is built, a change that resuming cannot honour (the trainer
-        applies the others to the restored optimizer); a k-fold run records its changes here."""
-        from utils.checkpoint.resume import check_resume_changes, config_changes, resolved
-
-        saved = self.run_dir / "config.json"
-        changes = config_changes(resolved(read_json(saved)), self._config) if saved.is_file() else {}
-        check_resume_changes(changes)
-        if kfold and changes:
-            self.record_resume(None, changes)
+    def resume_point(self) -> ResumePoint | None:
+        """The checkpoint ``-r`` continues from, read and verified once (None for a new run)."""
+        if self._resume_point is None and self.resume is not None:
+            self._resume_point = ResumePoint.read(self.resume)
+            self._resume_point.compare(self._config)
+        return self._resume_point
 
     # -- the run directory ---------------------------------------------------------------------
     @property

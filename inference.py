@@ -19,10 +19,10 @@ from base.metric_tracker import Scorer
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
-from utils.cli import ArgumentParser, blame, run_cli
+from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module
-from utils.errors import CheckpointError, ConfigError, DataError
-from utils.predict import predict_to_csv, stop_on_signals
+from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
+from utils.predict import predict_to_csv
 from utils.recipe.ema import model_weights
 from utils.util import amp_dtype, prepare_device, read_json
 
@@ -96,7 +96,8 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
     labelled = dataset.targets is not None and len(dataset.targets) > 0 and bool(task.known_targets(
         torch.as_tensor(np.asarray([dataset.targets[int(i)] for i in indices], dtype=np.float64))).all())
     scorer = Scorer(config, task, loss_args) if labelled else None
-    with stop_on_signals(output), blame(data_section, "cannot predict on this data"):
+    stop = on_stop_signals(lambda signum: PredictionInterrupted(signum, output))  # and leave no partial file
+    with stop, blame(data_section, "cannot predict on this data"):
         predict_to_csv(output, models, loader, ids, device, task, classes, labelled=labelled,
                        on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
                        amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,

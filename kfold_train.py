@@ -18,10 +18,10 @@ from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
 from utils import distributed as dist
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
-from utils.cli import CLI_OPTIONS, CliOption, interrupt_on_signals, run_cli
+from utils.cli import CLI_OPTIONS, CliOption, on_stop_signals, run_cli
 from utils.data.class_weights import resolve_loss_args
 from utils.data.splits import describe_folds, group_folds
-from utils.errors import ConfigError
+from utils.errors import ConfigError, TrainingInterrupted
 from utils.predict import write_held_out_predictions
 from utils.recipe.ema import model_weights
 from utils.seeding import configure_determinism, seed_everything
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.
-    with interrupt_on_signals(f"python kfold_train.py -r {config.run_dir}"):
+    with on_stop_signals(lambda signum: TrainingInterrupted(signum, f"python kfold_train.py -r {config.run_dir}")):
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
             if result_file.is_file():

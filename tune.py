@@ -17,7 +17,7 @@ from logger.logger import setup_logging
 from train import build_trainer, check_one_batch
 from utils import distributed as dist
 from utils.checkpoint.files import fold_dirs, resume_candidates
-from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption, interrupt_on_signals, run_cli
+from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption, on_stop_signals, run_cli
 from utils.config.components import section_module
 from utils.config.overrides import parse_overrides
 from utils.config.schema import check_path_part
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep_dir, settings = start_sweep(config, sweep_dir, settings)
     setup_logging(sweep_dir, config["trainer"]["verbosity"], dist.is_main_process())
     runner = TrialRunner(config, sweep_dir, settings)
-    with interrupt_on_signals(runner.resume_command):
+    with on_stop_signals(lambda signum: TrainingInterrupted(signum, runner.resume_command)):
         if not dist.is_main_process():
             runner.follow()
         else:

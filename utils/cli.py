@@ -76,36 +76,31 @@ def run_cli(main: Callable[[], None]) -> None:
 
 
 @contextmanager
-def on_stop_signals(handler: Callable[[int], None]):
-    """Call ``handler(signum)`` on Ctrl-C (SIGINT) and SIGTERM inside the block, then put the previous
-    handlers back. Outside the main thread (where signals cannot be handled) it does nothing.
+def on_stop_signals(handler: Callable[[int], BaseException | None]):
+    """Call ``handler(signum)`` on Ctrl-C (SIGINT) and SIGTERM inside the block, and raise the exception
+    it returns, if any; then put the previous handlers back. Outside the main thread (where signals
+    cannot be handled) it does nothing. Every script stops through it: training finishes the batch and
+    saves a checkpoint, k-fold and tune stop between folds and trials, inference leaves no partial file.
 
     Examples:
-        >>> with on_stop_signals(lambda signum: print("stopping")):
-        ...     train()
+        >>> with on_stop_signals(lambda signum: TrainingInterrupted(signum, "python train.py -r RUN")):
+        ...     run_folds()
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, lambda signum, frame: handler(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        error = handler(signum)
+        if error is not None:
+            raise error
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for signum, previous_handler in previous.items():
             signal.signal(signum, previous_handler)
-
-
-def interrupt_on_signals(resume_command: str):
-    """Ctrl-C and SIGTERM raise TrainingInterrupted (exit 130 / 143, the resume command printed) inside
-    the block, instead of killing the process without a word. A Trainer installs its own handlers
-    while it trains (to finish the batch and save a checkpoint) and puts these back afterwards.
-    """
-
-    def stop(signum):
-        raise TrainingInterrupted(signum, resume_command)
-
-    return on_stop_signals(stop)
 
 
 @contextmanager

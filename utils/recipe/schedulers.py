@@ -55,3 +55,13 @@ def build_lr_scheduler(config, optimizer: torch.optim.Optimizer, steps_per_epoch
         milestones = [length] + [length + milestone for milestone in main._milestones]
         return schedulers.SequentialLR(optimizer, [linear, *main._schedulers], milestones=milestones)
     return schedulers.SequentialLR(optimizer, [linear, main], milestones=[length])
+
+
+def step_epoch_scheduler(lr_scheduler, interval: str, log: dict, monitor_key: str | None) -> None:
+    """Step an epoch-interval scheduler after the epoch (ReduceLROnPlateau with the monitored value)."""
+    if lr_scheduler is None or interval != "epoch":
+        return
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        lr_scheduler.step(log[monitor_key or "loss"])
+    else:
+        lr_scheduler.step()
