@@ -13,7 +13,7 @@ from types import ModuleType
 
 from logger.logger import LEVELS, setup_logging
 from utils.checkpoint.resume import ResumePoint, compare_configs
-from utils.checkpoint.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
+from utils.checkpoint.runs import check_run_dir_free, check_writable, locate_resume, lock_run_dir, new_run_dir
 from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption
 from utils.config import components
 from utils.config import schema as config_schema
@@ -57,12 +57,12 @@ class ConfigParser:
     def __init__(self, config: dict, resume: str | Path | None = None, modification: dict | None = None,
                  run_id: str | None = None, run_dir: str | Path | None = None,
                  finetune: str | Path | None = None, dry_run: bool = False):
-        resolved = config_schema.validate(config)  # the defaults filled in, so that overrides can reach them
-        if modification:
-            apply_modifications(resolved, modification)
-            resolved = config_schema.validate(resolved)
-        components.check_all(resolved)
-        self._config = resolved
+        if modification:  # onto the defaults, so that an override can reach a key the file leaves out
+            config = config_schema.with_defaults(config)
+            apply_modifications(config, modification)
+        self._config = config_schema.validate(config)  # once: every key, its type and range
+        # Every type the config names, looked up once and its arguments checked; the task built once.
+        self._types, self.task = components.check_all(self._config)
         self.resume = Path(resume) if resume else None
         self.finetune = Path(finetune) if finetune else None
         self.run_dir = Path(run_dir) if run_dir else None
@@ -94,7 +94,7 @@ class ConfigParser:
         modification |= parse_overrides(getattr(args, "overrides", []))
         resume = run_dir = None
         if getattr(args, "resume", None):
-            resume, run_dir, config = resolve_resume(args.resume, args.config, modification, kfold)
+            resume, run_dir, config = locate_resume(args.resume, args.config, modification, kfold)
             if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock
                 check_run_dir_free(run_dir)
         elif args.config is None:
@@ -202,9 +202,11 @@ class ConfigParser:
         table_module = components.section_module(section)
         if module is not None and module is not table_module:
             raise ValueError(f"{name} is looked up in {table_module.__name__}, not {module.__name__}")
+        if name in self._types:
+            return self._types[name]
         spec = self.get(name)
         type_name = spec if isinstance(spec, str) else spec["type"]
-        return components.resolve(table_module, type_name, name if isinstance(spec, str) else f"{name}.type")
+        return components.lookup_type(table_module, type_name, name if isinstance(spec, str) else f"{name}.type")
 
     def init_obj(self, name: str, module: ModuleType | None = None, *args, **kwargs):
         """Build the object a section names, with its args; keyword arguments given here win.

@@ -15,7 +15,7 @@ from logger.logger import setup_logging
 from utils import distributed as dist
 from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
-from utils.data.class_weights import resolve_loss_args
+from utils.data.class_weights import loss_args_from_data
 from utils.errors import ConfigError
 from utils.recipe.param_groups import build_optimizer
 from utils.recipe.schedulers import build_lr_scheduler
@@ -32,7 +32,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
-    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
+    task = config.task  # what the targets mean: it checks them and adapts the loss and metrics
     task.check_labels(data_loader.dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
@@ -40,7 +40,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
         device, device_ids = prepare_device(config["n_gpu"])
 
     # "balanced" class weights come from the training split; the checkpoint keeps them (loss_args).
-    loss_args = resolve_loss_args(config, data_loader.dataset, data_loader.train_indices,
+    loss_args = loss_args_from_data(config, data_loader.dataset, data_loader.train_indices,
                                   config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
     criterion = task.wrap_loss(config.init_ftn("loss", **loss_args))
     metrics = task.wrap_metrics(config.init_metrics())

@@ -195,7 +195,7 @@ def optimize(runner: TrialRunner, study, storage) -> None:
                     runner.monitor_key, study.best_value, runner.sweep_dir / "best_config.json")
 
 
-def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
+def read_sweep_args(args) -> tuple[ConfigParser, Path | None, dict]:
     """(the checked base config, the sweep directory or None for a new one, the study's settings)."""
     modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in TUNE_OPTIONS
                     if getattr(args, o.flags[0].lstrip("-"), None) is not None}
@@ -232,7 +232,7 @@ def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_intermixed_args(argv)
-    config, sweep_dir, settings = resolve_sweep(args)
+    config, sweep_dir, settings = read_sweep_args(args)
     # Everything is checked before the first trial: the space, the direction, the sampler and the pruner.
     space = check_space(config.config)
     direction = study_direction(config.config)

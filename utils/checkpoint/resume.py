@@ -52,7 +52,7 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, dict]:
     return changes
 
 
-def resolved(config: dict) -> dict:
+def with_defaults(config: dict) -> dict:
     """A saved config with today's defaults filled in, so that a new default is not a change."""
     try:
         return config_schema.validate(copy.deepcopy(config))
@@ -72,7 +72,7 @@ def check_resume_changes(changes: dict[str, dict]) -> None:
 
 def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
     """The changes from a run's saved config to the new one; a change resuming cannot honour is refused."""
-    changes = config_changes(resolved(saved), config)
+    changes = config_changes(with_defaults(saved), config)
     check_resume_changes(changes)
     return changes
 

@@ -39,7 +39,7 @@ def new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
     raise RuntimeError(f"cannot create a new run directory in {runs_dir}")
 
 
-def resolve_resume(target: str, config_path: str | None, modification: dict, kfold: bool = False):
+def locate_resume(target: str, config_path: str | None, modification: dict, kfold: bool = False):
     """(checkpoint file or run directory, run directory, config) for ``-r TARGET``.
 
     TARGET is a checkpoint file, a run directory, or ``auto``: the newest run of the config's name
