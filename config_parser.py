@@ -23,7 +23,7 @@ from utils.util import read_json, write_json
 
 
 def training_arguments(description: str, resume_help: str) -> ArgumentParser:
-    """The command line shared by train.py and kfold_train.py (SPEC section 3)."""
+    """The command line shared by train.py and kfold_train.py."""
     parser = ArgumentParser(description=description)
     parser.add_argument("-c", "--config", help="config file path, e.g. config.json")
     parser.add_argument("-r", "--resume", metavar="PATH", help=resume_help)

@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-logger = logging.getLogger("trainer")
+logger = logging.getLogger(__name__)
 
 _file_numbers = itertools.count()
 

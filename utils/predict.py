@@ -3,7 +3,7 @@
 The CSV is written batch by batch to a temporary file that is renamed at the end: memory stays flat
 in the number of samples, and an interrupted run leaves no partial file (an older file of the same
 name is left as it was, and the message says it is not this run's). What the columns are is the
-task's business (``task.predictions_table``): SPEC section 4 for classification.
+task's business (``task.predictions_table``): for classification ``id, prediction, target, prob_0...``.
 """
 import os
 from collections.abc import Callable, Iterator, Sequence

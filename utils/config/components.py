@@ -13,7 +13,7 @@ from utils.config import schema as config_schema
 from utils.config.schema import did_you_mean
 from utils.errors import ConfigError
 
-# Where each config section looks its "type" up (SPEC section 2).
+# Where each config section looks its "type" up: the one table of component names.
 SECTION_MODULES = {
     "arch": "model.model",
     "dataset": "dataset.datasets",

@@ -184,7 +184,7 @@ def _with_extras(where: str, spec: dict, schema: dict) -> dict:
 
 
 def _check_training_recipe(resolved: dict) -> None:
-    """The optimizer, scheduler, EMA and MixUp settings (issue 16's fine-tuning recipe)."""
+    """The optimizer, scheduler, EMA and MixUp settings of the fine-tuning recipe."""
     resolved["optimizer"] = _with_extras("optimizer", resolved["optimizer"], OPTIMIZER)
     trainer = resolved["trainer"]
     for key, schema in (("ema", EMA), ("mixup", MIXUP)):
