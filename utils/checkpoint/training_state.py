@@ -5,13 +5,14 @@ to the trainer: model, optimizer, scheduler, AMP scaler, EMA, position in the ru
 and the running totals of a half-done epoch.
 """
 import logging
+import math
 import time
 from pathlib import Path
 
 from utils import distributed as dist
 from utils.checkpoint.files import FORMAT_VERSION, load_model_weights, strip_module_prefix
 from utils.checkpoint.pretrained import load_matching
-from utils.checkpoint.resume import ResumePoint
+from utils.checkpoint.resume import ResumePoint, check_group_layout, group_options
 from utils.errors import CheckpointError, ConfigError
 from utils.seeding import get_rng_state, seed_everything, set_rng_state
 
@@ -82,10 +83,9 @@ def restore(trainer, point: ResumePoint) -> None:
                                                          f"batch size {stopped_with}; resume with it (it may "
                                                          "change at the end of an epoch)")
     load_model_weights(trainer.raw_model, point["state_dict"], point.path)
-    if point["config"]["optimizer"]["type"] != trainer.config["optimizer"]["type"]:
-        logger.warning("the optimizer type changed since the checkpoint: its state is not restored")
-    else:
-        trainer.optimizer.load_state_dict(point["optimizer"])
+    check_group_layout(trainer.optimizer, point["optimizer"])
+    new_groups = group_options(trainer.optimizer)  # the new config's options, before the state replaces them
+    trainer.optimizer.load_state_dict(point["optimizer"])
     if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None:
         trainer.lr_scheduler.load_state_dict(point["lr_scheduler"])
     trainer.scaler.load_state_dict(point["scaler"])
@@ -93,7 +93,9 @@ def restore(trainer, point: ResumePoint) -> None:
         trainer.ema.load_state_dict(point["ema"])
     elif trainer.ema is not None:
         logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
-    point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler)
+    steps_per_epoch = math.ceil(len(trainer.data_loader) / trainer.accum_steps)
+    trainer.lr_scheduler = point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler, new_groups,
+                                               steps_per_epoch)
     trainer.start_epoch, trainer.resume_batches = point["epoch"] + 1, point["batches_done"]
     trainer.resume_state, trainer.global_step = dict(state), point["global_step"]
     if point["config"]["trainer"]["monitor"] == trainer.monitor:
