@@ -120,7 +120,7 @@ def load_weights(trainer, checkpoint: dict, path: Path) -> None:
     """--finetune: the model weights only; tensors whose shape changed (a new head) are skipped."""
     check_arch(trainer, checkpoint, path)
     state_dict = strip_module_prefix(checkpoint["state_dict"], trainer.raw_model.state_dict())
-    load_matching(trainer.raw_model, state_dict, str(path))  # a new head keeps its fresh values
+    load_matching(trainer.raw_model, state_dict, str(path), where="--finetune")  # a new head keeps its fresh values
     logger.info("fine-tuning from the weights of %s (epoch %d)", path, checkpoint["epoch"])
 
 
