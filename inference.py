@@ -21,8 +21,9 @@ from logger.logger import setup_logging
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, lookup_type, parameters, section_module
+from utils.config.suspicious import warn_about_tta
 from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
-from utils.predict import predict_to_csv
+from utils.predict import check_ensemble, check_output_path, predict_to_csv
 from utils.recipe.ema import model_weights
 from utils.util import amp_dtype, prepare_device, read_json
 
@@ -90,6 +91,8 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
     """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
     (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with)."""
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
+    if tta and len(loader.dataset):
+        warn_about_tta(config["inference"]["tta"], loader.dataset[0][0])  # a flip of a table's features
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     ids = [dataset.sample_id(int(i)) for i in indices]
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("--split valid", "scores the validation split of one run; the out-of-fold predictions "
                                            "of a k-fold run are in its oof_predictions.csv")
     output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
+    check_output_path(output, "--output" if args.output else "inference.output")
+    check_ensemble(config.config, checkpoints, paths)  # one task, one set of heads and classes
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
