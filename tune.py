@@ -28,6 +28,7 @@ from utils.tune.space import build_search_part, check_space, study_direction, su
 from utils.tune.study import (
     Reporter,
     SurplusTrial,
+    check_storage_target,
     counted_trials,
     fail_dead_workers,
     open_storage,
@@ -233,6 +234,8 @@ def read_sweep_args(args) -> tuple[ConfigParser, Path | None, dict]:
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_intermixed_args(argv)
     config, sweep_dir, settings = read_sweep_args(args)
+    if settings.get("storage"):
+        check_storage_target(settings["storage"])  # a bad URL or folder: before the dry run ends
     # Everything is checked before the first trial: the space, the direction, the sampler and the pruner.
     space = check_space(config.config)
     direction = study_direction(config.config)
