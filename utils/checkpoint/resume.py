@@ -182,6 +182,13 @@ class ResumePoint:
         value = self.checkpoint[key]
         return dist.own_entry(value) if isinstance(value, list) else value
 
+    def replays_schedule(self, config: dict) -> bool:
+        """Whether the optimizer or the scheduler changed and the new config's scheduler is built anew and
+        stepped over the finished epochs (so the checkpoint's scheduler state is not loaded): always,
+        except for ReduceLROnPlateau, whose state is its reductions."""
+        changed = any(path.startswith(("optimizer", "lr_scheduler")) for path in self.changes)
+        return changed and _scheduler_type(config) != PLATEAU
+
     def apply_changes(self, config, optimizer, lr_scheduler, new_groups: list[dict] | None = None,
                       steps_per_epoch: int = 1):
         """Apply the changes to the restored optimizer and scheduler, log each change and add it to the
@@ -197,7 +204,7 @@ class ResumePoint:
         epoch = self.checkpoint["epoch"] + 1
         changes = self.changes
         if new_groups is not None and any(path.startswith(("optimizer", "lr_scheduler")) for path in changes):
-            if _scheduler_type(config.config) == PLATEAU:
+            if not self.replays_schedule(config.config):
                 _apply_to_plateau(optimizer, lr_scheduler, new_groups, changes)
             else:
                 steps = self.checkpoint["global_step"] if (config["lr_scheduler"] or {}).get("interval") == "step" \

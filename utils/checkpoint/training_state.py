@@ -86,7 +86,8 @@ def restore(trainer, point: ResumePoint) -> None:
     check_group_layout(trainer.optimizer, point["optimizer"])
     new_groups = group_options(trainer.optimizer)  # the new config's options, before the state replaces them
     trainer.optimizer.load_state_dict(point["optimizer"])
-    if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None:
+    if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None \
+            and not point.replays_schedule(trainer.config.config):  # else rebuilt by apply_changes
         trainer.lr_scheduler.load_state_dict(point["lr_scheduler"])
     trainer.scaler.load_state_dict(point["scaler"])
     if trainer.ema is not None and point.get("ema"):
