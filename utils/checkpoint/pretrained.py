@@ -53,9 +53,8 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
         raise CheckpointError(str(path), "refused: it holds objects other than tensors" +
                               (f" ({found.group(1)})" if found else "") + ", which could run code; "
                               "save only the state_dict (torch.save(model.state_dict(), path))") from None
-    except Exception as error:
-        raise CheckpointError(str(path), f"cannot be read: it {_what_is_wrong(path)} ({type(error).__name__})") \
-            from None
+    except Exception:
+        raise CheckpointError(str(path), f"cannot be read: it {_what_is_wrong(path)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]

@@ -59,13 +59,13 @@ def check_storage_target(target: str) -> None:
     try:
         url = make_url(target)
         url.get_dialect()
-    except sqlalchemy.exc.ArgumentError as error:
-        raise ConfigError("--storage", f"{target} is not a database URL: {error}") from None
-    except sqlalchemy.exc.NoSuchModuleError:
+    except sqlalchemy.exc.NoSuchModuleError:  # (an ArgumentError too)
         kinds = ("sqlite", "postgresql", "mysql")
         raise ConfigError("--storage", f"{target}: unknown database kind {url.drivername!r}"
                                        f"{did_you_mean(url.get_backend_name(), kinds)}; optuna takes e.g. "
                                        "sqlite:///study.db, postgresql://user@host/db, mysql://user@host/db") from None
+    except sqlalchemy.exc.ArgumentError as error:
+        raise ConfigError("--storage", f"{target} is not a database URL: {error}") from None
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
             raise ConfigError("--storage", f"{target} is an in-memory database, which no other worker sees and "
