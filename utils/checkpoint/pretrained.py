@@ -64,7 +64,7 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
 
 
 def _what_is_wrong(path: Path, expected: str = "torch") -> str:
-    from utils.checkpoint.files import describe_unreadable
+    from utils.checkpoint.unreadable import describe_unreadable
 
     return describe_unreadable(path.read_bytes(), expected)
 

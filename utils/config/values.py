@@ -35,7 +35,6 @@ OPTIMIZER_OPTIONS = {
     "dampening": Field((float,), None, fraction),
     "eps": Field((float,), None, non_negative),
     "betas": Field((list,), None, _betas),
-    "alpha": Field((float,), None, fraction),
 }
 LOADER_ARGS = {
     "batch_size": Field((int,), None, positive),
