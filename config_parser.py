@@ -92,9 +92,11 @@ class ConfigParser:
         modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in options
                         if getattr(args, o.flags[0].lstrip("-"), None) is not None}
         modification |= parse_overrides(getattr(args, "overrides", []))
-        resume = run_dir = None
+        resume = run_dir = point = None
         if getattr(args, "resume", None):
             resume, run_dir, config = locate_resume(args.resume, args.config, modification, kfold)
+            point = None if config is not None else ResumePoint.read(resume)  # a file with no config.json beside it
+            config = config if config is not None else point["config"]
             if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock
                 check_run_dir_free(run_dir)
         elif args.config is None:
@@ -106,11 +108,14 @@ class ConfigParser:
         parsed = cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),
                      run_dir=run_dir, finetune=getattr(args, "finetune", None),
                      dry_run=getattr(args, "dry_run", False))
+        parsed._resume_point = point
         if resume and kfold:  # a k-fold run: compared with its config.json (each fold with its checkpoint)
             saved = run_dir / "config.json"
             changes = compare_configs(read_json(saved), parsed.config) if saved.is_file() else {}
             if changes:
                 parsed.record_resume(None, changes)
+        elif point is not None:
+            point.compare(parsed.config)
         elif resume:  # read the checkpoint now: a change resuming cannot honour stops before anything is built
             parsed.resume_point()
         return parsed
