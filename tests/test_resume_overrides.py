@@ -100,9 +100,9 @@ def test_heads_changed_on_resume_are_refused(tmp_path):
     # Only the comparison of the configs runs: the checkpoint is the one written here by hand.
     run_dir.mkdir(parents=True)
     from utils.checkpoint.files import save_checkpoint
-    from utils.checkpoint.resume import with_defaults
+    from utils.config.schema import validate
 
-    saved = with_defaults(json.loads(config.read_text()))
+    saved = validate(json.loads(config.read_text()))
     save_checkpoint({"format_version": 1, "epoch": 1, "config": saved}, run_dir / "last.pth")
     (run_dir / "config.json").write_text(json.dumps(saved))
     line = one_error_line(run_in_process("train.py", "-r", str(run_dir), 'task.args.heads={"a": 2, "c": 2}'))

@@ -63,14 +63,6 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, dict]:
     return changes
 
 
-def with_defaults(config: dict) -> dict:
-    """A saved config with today's defaults filled in, so that a new default is not a change."""
-    try:
-        return config_schema.validate(copy.deepcopy(config))
-    except ConfigError:
-        return config
-
-
 def check_resume_changes(changes: dict[str, dict], old: dict | None = None, new: dict | None = None) -> None:
     """Refuse a change that would make the finished epochs mean something else, or that the restored
     optimizer and scheduler cannot take exactly (``old`` and ``new``: the two configs)."""
@@ -138,9 +130,12 @@ def _check_scheduler_change(old: dict, new: dict) -> None:
 
 def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
     """The changes from a run's saved config to the new one; a change resuming cannot honour is refused."""
-    old = with_defaults(saved)
-    changes = config_changes(old, config)
-    check_resume_changes(changes, old, config)
+    try:  # today's defaults filled in, so that a key added since is not a change
+        saved = config_schema.validate(copy.deepcopy(saved))
+    except ConfigError:
+        pass
+    changes = config_changes(saved, config)
+    check_resume_changes(changes, saved, config)
     return changes
 
 
