@@ -72,7 +72,7 @@ def check_resume_changes(changes: dict[str, dict], old: dict | None = None, new:
                 raise ConfigError(path, f"cannot change when resuming ({what}; it was "
                                         f"{json.dumps(change['from'])}, now {json.dumps(change['to'])}): {REFUSAL}")
     if old is not None and new is not None:
-        _check_group_changes(changes, new["optimizer"].get("no_decay_norm_and_bias", True))
+        _check_group_changes(changes, new["optimizer"].get("no_decay_norm_and_bias", True), _default_decay(new))
         _check_scheduler_change(old, new)
 
 
@@ -80,11 +80,25 @@ def _refuse(path: str, why: str) -> None:
     raise ConfigError(path, f"cannot change when resuming ({why}): {REFUSAL}")
 
 
-def _decays(value) -> bool:
-    return bool(value)  # None (the optimizer's default) and 0 decay nothing that the groups separate
+def _default_decay(config: dict) -> float:
+    """The weight decay of the config's optimizer when its args give none (AdamW: 0.01, most others: 0)."""
+    import inspect
+
+    from utils.config.components import lookup_type, section_module
+
+    try:
+        optimizer_class = lookup_type(section_module("optimizer"), config["optimizer"]["type"], "optimizer.type")
+        default = inspect.signature(optimizer_class).parameters["weight_decay"].default
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return 0.0
+    return default if isinstance(default, (int, float)) else 0.0
 
 
-def _check_group_changes(changes: dict[str, dict], no_decay_norm_and_bias: bool) -> None:
+def _or(value, default):
+    return default if value is None else value
+
+
+def _check_group_changes(changes: dict[str, dict], no_decay_norm_and_bias: bool, default_decay: float) -> None:
     """The parameter groups' options may change; which tensors each group holds may not (the optimizer
     state the checkpoint holds is per group). With ``no_decay_norm_and_bias``, turning weight decay on
     or off moves biases and norms into groups of their own."""
@@ -93,7 +107,8 @@ def _check_group_changes(changes: dict[str, dict], no_decay_norm_and_bias: bool)
         _refuse("optimizer.layer_decay", "turning layer decay on or off splits or joins the parameter groups "
                                          "whose optimizer state the checkpoint holds; its value may change")
     decay = changes.get("optimizer.args.weight_decay")
-    if decay and no_decay_norm_and_bias and _decays(decay["from"]) != _decays(decay["to"]):
+    if decay and no_decay_norm_and_bias and bool(_or(decay["from"], default_decay)) != bool(
+            _or(decay["to"], default_decay)):
         _refuse("optimizer.args.weight_decay", "turning weight decay on or off splits or joins the parameter "
                                                "groups (biases and norms get none); a non-zero value may change")
     groups = changes.get("optimizer.param_groups")
@@ -109,7 +124,7 @@ def _check_group_changes(changes: dict[str, dict], no_decay_norm_and_bias: bool)
                 _refuse(f"optimizer.param_groups.{i}.{key}", "it decides which tensors the group and its "
                                                              "optimizer state hold; its lr and options may change")
         switched = isinstance(old, dict) and isinstance(new, dict) and "weight_decay" in {*old, *new} and \
-            _decays(old.get("weight_decay", 1)) != _decays(new.get("weight_decay", 1))
+            bool(old.get("weight_decay", 1)) != bool(new.get("weight_decay", 1))
         if no_decay_norm_and_bias and switched:
             _refuse(f"optimizer.param_groups.{i}.weight_decay", "turning weight decay on or off splits or joins "
                                                                 "the parameter groups")
