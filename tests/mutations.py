@@ -142,7 +142,8 @@ SABOTAGES = [
              "        if strict:", "        if False:",
              ["tests/test_guards.py::test_a_weights_file_of_another_architecture_is_an_error_unless_not_strict"]),
     Sabotage("resume change: regrouping the parameters is silently accepted", "utils/checkpoint/resume.py",
-             '        _check_group_changes(changes, new["optimizer"].get("no_decay_norm_and_bias", True), _default_decay(new))',
+             '        _check_group_changes(changes, new["optimizer"].get("no_decay_norm_and_bias", True), '
+             '_default_decay(new))',
              "        pass",
              ["tests/test_resume_overrides.py::test_a_change_resume_cannot_apply_exactly_is_refused_before_anything_is_built"]),
     Sabotage("resume change: adding a ReduceLROnPlateau is silently accepted", "utils/checkpoint/resume.py",
