@@ -107,3 +107,16 @@ def test_heads_changed_on_resume_are_refused(tmp_path):
     (run_dir / "config.json").write_text(json.dumps(saved))
     line = one_error_line(run_in_process("train.py", "-r", str(run_dir), 'task.args.heads={"a": 2, "c": 2}'))
     assert line.startswith("error: task.args.heads.b: cannot change when resuming (the heads"), line
+
+
+def test_reduce_lr_on_plateau_keeps_its_state_and_takes_a_new_rate_and_factor(tmp_path):
+    plateau = {"type": "ReduceLROnPlateau", "args": {"patience": 5, "factor": 0.5}}
+    config = make_config(tmp_path, IRIS_CONFIG, **{"trainer.epochs": 2, "lr_scheduler": plateau})
+    run_in_process("train.py", "-c", str(config), check=True)
+    run = run_dirs(tmp_path, "TinyIris")[0]
+    before = load_checkpoint(run / "last.pth")["lr_scheduler"]
+    run_in_process("train.py", "-r", str(run), "trainer.epochs=3", "--lr", "0.05", "lr_scheduler.args.factor=0.1",
+                   check=True)
+    assert pd.read_csv(run / "metrics.csv")["lr"].tolist() == [0.1, 0.1, 0.05]
+    after = load_checkpoint(run / "last.pth")["lr_scheduler"]
+    assert after["factor"] == 0.1 and after["last_epoch"] == before["last_epoch"] + 1

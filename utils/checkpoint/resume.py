@@ -264,8 +264,11 @@ def replay_schedule(config, optimizer, new_groups: list[dict], steps: int, steps
 def _apply_to_plateau(optimizer, lr_scheduler, new_groups: list[dict], changes: dict) -> None:
     """ReduceLROnPlateau keeps its reductions as state: the groups get the new options (and, when a rate
     changed, the new rate from the resumed epoch on), the scheduler its new arguments."""
-    rates_changed = any(path == "optimizer.args.lr" or path.startswith(("optimizer.param_groups",
-                                                                       "optimizer.layer_decay")) for path in changes)
+    groups = changes.get("optimizer.param_groups", {})
+    group_rates = [[entry.get("lr") if isinstance(entry, dict) else None for entry in groups.get(side) or []]
+                   for side in ("from", "to")]
+    rates_changed = "optimizer.args.lr" in changes or "optimizer.layer_decay" in changes or \
+        group_rates[0] != group_rates[1]
     for group, new in zip(optimizer.param_groups, new_groups):
         group.update({key: value for key, value in new.items() if key != "lr" or rates_changed})
     for path, change in changes.items():
