@@ -34,6 +34,9 @@ class MultiHead(BaseTask):
         if not isinstance(heads, dict) or not heads or not all(isinstance(n, int) and n > 1 for n in heads.values()):
             raise ConfigError("task.args.heads", f"must map each head's name to its number of classes (2 or "
                                                  f"more), e.g. {{\"age\": 3}}, got {heads!r}")
+        if weights is not None and not isinstance(weights, dict):
+            raise ConfigError("task.args.weights", f"must map head names to weights, e.g. {{\"age\": 2.0}}, got "
+                                                   f"{weights!r}")
         unknown = set(weights or {}) - set(heads)
         if unknown:
             raise ConfigError("task.args.weights", f"names no head: {', '.join(sorted(unknown))}")

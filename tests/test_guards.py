@@ -25,7 +25,19 @@ BAD_VALUES = {
     "group regex that does not compile": ({"optimizer.param_groups": [{"match": "net.(3"}]},
                                           "optimizer.param_groups.0.match: not a regular expression: missing ), "
                                           "unterminated subpattern at position 4"),
+    "two groups of one name": ({"optimizer.param_groups": [GROUP, {"match": r"^net\.0\.", "name": "head"}]},
+                               "optimizer.param_groups.1.name: 'head' names another group (the parameters no entry "
+                               "matches are \"default\"): give each its own"),
     "negative rate": ({"optimizer.args.lr": -0.01}, "optimizer.args.lr: must be 0 or more, got -0.01"),
+    "ReduceLROnPlateau every step": ({"lr_scheduler": {"type": "ReduceLROnPlateau", "interval": "step"}},
+                                     "lr_scheduler.interval: ReduceLROnPlateau steps on the monitored value, which "
+                                     "exists once an epoch: use \"epoch\""),
+    "a grace period within one heartbeat": ({"tune": {"heartbeat_interval": 60, "grace_period": 30}},
+                                            "tune.grace_period: 30 s is not longer than tune.heartbeat_interval "
+                                            "(60 s): the trial of a live worker would be taken for dead and run "
+                                            "again"),
+    "head weights as a list": ({"task": {"type": "MultiHead", "args": {"heads": {"a": 3}, "weights": [1]}}},
+                               "task.args.weights: must map head names to weights, e.g. {\"age\": 2.0}, got [1]"),
     "negative weight decay": ({"optimizer.args.weight_decay": -1}, "optimizer.args.weight_decay: must be 0 or "
                                                                    "more, got -1"),
     "betas out of range": ({"optimizer": {"type": "Adam", "args": {"lr": 0.01, "betas": [0.9, 1.5]}}},

@@ -30,6 +30,8 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
         torch.Size([64, 3, 7, 7])
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(where, f"{path} is a folder: name the weights file in it")
     if not path.is_file():
         raise ConfigError(where, f"{path}: no such file")
     if path.suffix not in SUFFIXES:

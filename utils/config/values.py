@@ -55,8 +55,24 @@ def check_values(config: dict) -> None:
     _check_args("data_loader.args", config["data_loader"].get("args", {}), LOADER_ARGS)
     if config["inference"]["data_loader"] is not None:
         _check_args("inference.data_loader.args", config["inference"]["data_loader"].get("args", {}), LOADER_ARGS)
+    names = set()
     for i, entry in enumerate(config["optimizer"]["param_groups"]):
         check_param_group(f"optimizer.param_groups.{i}", entry)
+        name = str(entry.get("name", i))
+        if name in names or name == "default":
+            raise ConfigError(f"optimizer.param_groups.{i}.name", f"{name!r} names another group (the "
+                                                                  "parameters no entry matches are \"default\"): "
+                                                                  "give each its own")
+        names.add(name)
+    scheduler = config["lr_scheduler"]
+    if scheduler is not None and scheduler["type"] == "ReduceLROnPlateau" and scheduler["interval"] == "step":
+        raise ConfigError("lr_scheduler.interval", "ReduceLROnPlateau steps on the monitored value, which exists "
+                                                   "once an epoch: use \"epoch\"")
+    tune = config["tune"]
+    if tune["grace_period"] is not None and tune["grace_period"] <= tune["heartbeat_interval"]:
+        raise ConfigError("tune.grace_period", f"{tune['grace_period']} s is not longer than "
+                                               f"tune.heartbeat_interval ({tune['heartbeat_interval']} s): the trial "
+                                               "of a live worker would be taken for dead and run again")
 
 
 def _check_args(where: str, args: dict, fields: dict) -> None:
