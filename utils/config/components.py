@@ -207,6 +207,16 @@ def check_all(config: dict) -> None:
             check_component(f"inference.{section}", inference[section], section)
     for i, entry in enumerate(inference["tta"]):
         check_component(f"inference.tta.{i}", entry, "transforms")
+    if config["pseudo_labels"] is not None:
+        check_component("pseudo_labels.dataset", config["pseudo_labels"]["dataset"], "dataset")
+    loss = config["loss"]
+    if isinstance(loss, dict) and loss["type"] == "distillation":
+        base = loss["args"]["base"]
+        base = {"type": base} if isinstance(base, str) else base
+        if base["type"] == "distillation":
+            raise ConfigError("loss.args.base", "is the loss on the true labels, e.g. 'cross_entropy'; it cannot "
+                                                "be 'distillation' itself")
+        check_component("loss.args.base", base, "loss")
 
 
 def check_scheduler(where: str, spec: dict) -> None:
