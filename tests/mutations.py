@@ -106,6 +106,21 @@ SABOTAGES = [
     Sabotage("split groups across the validation split", "base/base_data_loader.py",
              "        if groups is not None:", "        if False:",
              ["tests/test_groups_imbalance.py::test_validation_split_keeps_every_group_on_one_side"]),
+    Sabotage("distillation: teacher rows by position, not by id", "utils/data/teacher.py",
+             "found = [(i, rows.get(str(dataset.sample_id(i)))) for i in range(len(dataset))]",
+             "found = [(i, i if i < len(values) else None) for i in range(len(dataset))]",
+             ["tests/test_distillation.py::test_each_batch_gets_its_own_samples_teacher_rows"]),
+    Sabotage("distillation: no T² scaling", "utils/recipe/distillation.py",
+             "return (teacher_log.exp() * (teacher_log - student_log)).sum(dim=1) * temperature ** 2",
+             "return (teacher_log.exp() * (teacher_log - student_log)).sum(dim=1)",
+             ["tests/test_distillation.py::test_kl_term_equals_hinton_by_hand"]),
+    Sabotage("distillation: mixup leaves the teacher rows unmixed", "utils/recipe/mixup.py",
+             "return data, soft, self._mix_rows(rows, data, shape, seed) if mixed else rows",
+             "return data, soft, rows",
+             ["tests/test_distillation.py::test_mixup_mixes_the_teacher_rows_with_the_labels_pairs_and_lambda"]),
+    Sabotage("pseudo-labels leak into the validation split", "base/base_data_loader.py",
+             'labelled = getattr(dataset, "labelled", dataset)', "labelled = dataset",
+             ["tests/test_distillation.py::test_pseudo_labelled_samples_stay_out_of_a_fractional_validation_split"]),
 ]
 
 

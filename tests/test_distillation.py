@@ -242,6 +242,20 @@ def test_pseudo_labelled_samples_train_in_every_fold_and_are_never_validated(pse
         assert f"fold {fold + 1}/2: {n_labelled - len(held_out) + added} training, {len(held_out)} held-out" in log
 
 
+def test_pseudo_labelled_samples_stay_out_of_a_fractional_validation_split(pseudo_kfold):
+    import train
+    from config_parser import ConfigParser
+
+    run, _, probs, n_labelled = pseudo_kfold
+    config = json.loads((run / "config.json").read_text())
+    trainer = train.build_trainer(ConfigParser(config | {"kfold": {}}))
+    loader = trainer.data_loader
+    added = int((probs.max(axis=1) >= 0.8).sum())
+    assert len(loader.valid_indices) == round(0.2 * n_labelled) and max(loader.valid_indices) < n_labelled
+    assert sorted(loader.train_indices) == sorted(set(range(n_labelled + added)) - set(loader.valid_indices))
+    assert len(trainer.valid_data_loader.dataset.dataset) == n_labelled  # the labelled data's evaluation view
+
+
 def test_pseudo_labels_change_refused_on_resume(pseudo_kfold):
     run, *_ = pseudo_kfold
     fold_run = run / "fold_0"
