@@ -2,6 +2,8 @@
 inference.py --probabilities, on iris and digits with tiny MLPs."""
 import copy
 import json
+import re
+import shlex
 import signal
 
 import numpy as np
@@ -14,6 +16,7 @@ from scipy.stats import entropy
 
 from tests.conftest import (
     IRIS_CONFIG,
+    REPO,
     TINY_CONFIG,
     assert_same_tensors,
     launch,
@@ -261,6 +264,26 @@ def test_pseudo_labels_change_refused_on_resume(pseudo_kfold):
     fold_run = run / "fold_0"
     result = run_in_process("train.py", "-r", str(fold_run), "pseudo_labels.threshold=0.95")
     assert result.returncode == 2 and "error: pseudo_labels.threshold: cannot change when resuming" in result.stderr
+
+
+# -- README's chain ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_readme_chain_teacher_probabilities_student_pseudo_labels_runs_in_order(tmp_path, monkeypatch):
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Distillation and pseudo-labels.*?```bash\n(.*?)```", readme, flags=re.S)[1]
+    (tmp_path / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(tmp_path)  # saved/ is the test's own
+    tiny = {"kfold_train.py": ["--folds", "2", "trainer.epochs=1", "arch.args.widths=[8,8,8]"],
+            "train.py": ["trainer.epochs=1"], "inference.py": []}
+    outputs = []
+    for line in filter(None, map(str.strip, block.splitlines())):
+        _, script, *args = shlex.split(line)
+        result = run_in_process(script, *args, *tiny[script])
+        assert result.returncode == 0, f"{line}\n{result.stderr}"
+        outputs.append(result.stdout)
+    assert (tmp_path / "saved/Digits_Teacher/teacher/test_probabilities.csv").is_file()
+    assert "pseudo_labels: added" in outputs[3]
+    assert "accuracy" in outputs[4]
 
 
 # -- inference.py --probabilities -----------------------------------------------------------------------
