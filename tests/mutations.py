@@ -120,7 +120,7 @@ SABOTAGES = [
              ["tests/test_distillation.py::test_mixup_mixes_the_teacher_rows_with_the_labels_pairs_and_lambda"]),
     Sabotage("pseudo-labels leak into the validation split", "base/base_data_loader.py",
              'labelled = getattr(dataset, "labelled", dataset)', "labelled = dataset",
-             ["tests/test_distillation.py::test_pseudo_labelled_samples_stay_out_of_a_fractional_validation_split"]),
+             ["tests/test_pseudo_labels.py::test_pseudo_labelled_samples_stay_out_of_a_fractional_validation_split"]),
 ]
 
 

@@ -2,8 +2,6 @@
 inference.py --probabilities, on iris and digits with tiny MLPs."""
 import copy
 import json
-import re
-import shlex
 import signal
 
 import numpy as np
@@ -23,9 +21,10 @@ from tests.conftest import (
     make_config,
     run_dirs,
     run_in_process,
+    run_script,
 )
 from utils.data.train_targets import ExtrasLoss, TrainTarget
-from utils.recipe.distillation import binary_kl, softmax_kl
+from utils.recipe.distillation import softmax_kl
 from utils.recipe.mixup import BatchMixer
 
 DIGITS_MLP = copy.deepcopy(TINY_CONFIG)
@@ -79,13 +78,37 @@ def test_kl_term_equals_hinton_by_hand():
     np.testing.assert_allclose(softmax_kl(student, teacher, temperature).numpy(), expected, rtol=1e-5)
 
 
-def test_binary_kl_per_label_by_hand():
+def test_multilabel_term_is_the_binary_kl_of_each_label_by_hand():
+    from model.task import MultiLabel
+
     torch.manual_seed(1)
     student, teacher_logits, temperature = torch.randn(4, 3), torch.randn(4, 3), 2.0
     p = 1 / (1 + np.exp(-teacher_logits.double().numpy() / temperature))
     q = 1 / (1 + np.exp(-student.double().numpy() / temperature))
     expected = temperature ** 2 * (p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))).mean(axis=1)
-    np.testing.assert_allclose(binary_kl(student, teacher_logits.sigmoid(), temperature).numpy(), expected, rtol=1e-4)
+    actual = MultiLabel().soft_target_loss(student, teacher_logits.sigmoid(), temperature)
+    np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-4)
+
+
+def test_multihead_term_is_each_heads_kl_with_its_weight():
+    from model.task import MultiHead
+
+    torch.manual_seed(5)
+    task = MultiHead({"a": 2, "b": 3}, weights={"b": 2.0})
+    student, teacher_logits, temperature = torch.randn(4, 5), torch.randn(4, 5), 3.0
+    teacher = torch.cat([teacher_logits[:, :2].softmax(1), teacher_logits[:, 2:].softmax(1)], dim=1)
+    s, t = student.double().numpy() / temperature, teacher_logits.double().numpy() / temperature
+    expected = [temperature ** 2 * (entropy(softmax(ti[:2]), softmax(si[:2])) + 2 * entropy(softmax(ti[2:]),
+                                                                                           softmax(si[2:])))
+                for si, ti in zip(s, t)]
+    np.testing.assert_allclose(task.soft_target_loss(student, teacher, temperature).numpy(), expected, rtol=1e-5)
+
+
+def test_regression_learns_the_teachers_predictions_by_squared_error():
+    from model.task import Regression
+
+    student, teacher = torch.tensor([[1.0, 2.0], [0.0, -1.0]]), torch.tensor([[0.5, 2.0], [2.0, 1.0]])
+    np.testing.assert_allclose(Regression().soft_target_loss(student, teacher, 4.0).numpy(), [0.125, 4.0])
 
 
 def test_loss_mixes_the_true_labels_and_the_teacher_with_alpha():
@@ -144,6 +167,46 @@ def test_each_batch_gets_its_own_samples_teacher_rows(iris, monkeypatch):
     assert len(seen) == 3 * 6 and all(seen)  # 3 epochs of 6 batches
 
 
+CHECK_ROWS = """
+import json, os, runpy, sys
+sys.path.insert(0, {repo!r})
+import numpy as np
+from scipy.special import softmax
+from trainer.trainer import Trainer
+
+checked, original = [], Trainer._train_step
+
+
+def train_step(self, data, target):  # every batch of this process: its rows are its samples' own
+    expected = softmax(data.reshape(len(data), -1)[:, :3].double().numpy() * 3, axis=1)
+    checked.append(bool(np.allclose(target.teacher.double().numpy(), expected, atol=1e-6)))
+    return original(self, data, target)
+
+
+Trainer._train_step = train_step
+sys.argv = ["train.py", *sys.argv[1:]]
+try:
+    runpy.run_path({train!r}, run_name="__main__")
+finally:
+    with open(os.path.join({folder!r}, "rank" + os.environ["RANK"] + ".json"), "w") as file:
+        json.dump(checked, file)
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_gets_its_own_samples_teacher_rows(iris):
+    folder, _, teacher = iris
+    folder = new_folder(folder / "ddp")
+    script = folder / "check_rows.py"
+    script.write_text(CHECK_ROWS.format(repo=str(REPO), train=str(REPO / "train.py"), folder=str(folder)))
+    config = distill_config(folder, teacher)  # 96 training samples: 6 batches of 8 per process and epoch
+    run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), "-c", str(config),
+               "data_loader.args.batch_size=8", check=True, timeout=240)
+    for rank in (0, 1):
+        checked = json.loads((folder / f"rank{rank}.json").read_text())
+        assert len(checked) == 3 * 6 and all(checked), (rank, checked)
+
+
 def test_alpha_one_trains_exactly_as_the_plain_loss(iris):
     folder, _, teacher = iris
     run_in_process("train.py", "-c", str(make_config(new_folder(folder / "plain"), IRIS_CONFIG)), check=True)
@@ -196,103 +259,3 @@ def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_distillation_run
     load = lambda run: torch.load(run / "last.pth", weights_only=True)  # noqa: E731
     assert_same_tensors(load(expected)["state_dict"], load(run)["state_dict"])
     assert_same_tensors(load(expected)["optimizer"]["state"][0], load(run)["optimizer"]["state"][0])
-
-
-# -- pseudo-labels --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pseudo_kfold(iris):
-    """A 2-fold run of iris with the iris test part's confident rows as pseudo-labels."""
-    from dataset.datasets import IrisDataset
-
-    folder, dataset, _ = iris
-    unlabelled = IrisDataset(train=False)
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet([0.3] * 3, size=len(unlabelled))
-    csv = folder / "test_probabilities.csv"
-    pd.DataFrame({"id": range(len(unlabelled))} | {f"prob_{k}": probs[:, k] for k in range(3)}).to_csv(csv,
-                                                                                                       index=False)
-    pseudo = {"csv": str(csv), "dataset": {"type": "IrisDataset", "args": {"train": False}}, "threshold": 0.8,
-              "weight": 0.5}
-    config = make_config(new_folder(folder / "pseudo"), IRIS_CONFIG, pseudo_labels=pseudo)
-    result = run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
-    (run,) = run_dirs(folder / "pseudo", "TinyIris")
-    return run, result, probs, len(dataset)
-
-
-def test_pseudo_label_counts_in_the_log_equal_the_csvs_confident_rows(pseudo_kfold):
-    run, result, probs, _ = pseudo_kfold
-    confident = probs.max(axis=1) >= 0.8
-    counts = np.bincount(probs[confident].argmax(axis=1), minlength=3)
-    names = ["setosa", "versicolor", "virginica"]
-    expected = ", ".join(f"{names[k]}: {counts[k]}" for k in range(3) if counts[k])
-    assert f"added {confident.sum()} of {len(probs)} unlabelled samples" in result.stdout
-    assert f"per class: {expected}" in result.stdout, result.stdout
-
-
-def test_pseudo_labelled_samples_train_in_every_fold_and_are_never_validated(pseudo_kfold):
-    run, result, probs, n_labelled = pseudo_kfold
-    oof = pd.read_csv(run / "oof_predictions.csv")
-    assert sorted(oof["id"]) == list(range(n_labelled))  # every labelled sample once, nothing else
-    for fold in (0, 1):
-        held_out = json.loads((run / f"fold_{fold}" / "config.json").read_text())["data_loader"]["args"][
-            "validation_split"]
-        assert max(held_out) < n_labelled
-    added = int((probs.max(axis=1) >= 0.8).sum())
-    log = result.stdout
-    for fold in (0, 1):  # each fold trains on the labelled samples it does not hold out, and every added one
-        held_out = json.loads((run / f"fold_{fold}" / "config.json").read_text())["data_loader"]["args"][
-            "validation_split"]
-        assert f"fold {fold + 1}/2: {n_labelled - len(held_out) + added} training, {len(held_out)} held-out" in log
-
-
-def test_pseudo_labelled_samples_stay_out_of_a_fractional_validation_split(pseudo_kfold):
-    import train
-    from config_parser import ConfigParser
-
-    run, _, probs, n_labelled = pseudo_kfold
-    config = json.loads((run / "config.json").read_text())
-    trainer = train.build_trainer(ConfigParser(config | {"kfold": {}}))
-    loader = trainer.data_loader
-    added = int((probs.max(axis=1) >= 0.8).sum())
-    assert len(loader.valid_indices) == round(0.2 * n_labelled) and max(loader.valid_indices) < n_labelled
-    assert sorted(loader.train_indices) == sorted(set(range(n_labelled + added)) - set(loader.valid_indices))
-    assert len(trainer.valid_data_loader.dataset.dataset) == n_labelled  # the labelled data's evaluation view
-
-
-def test_pseudo_labels_change_refused_on_resume(pseudo_kfold):
-    run, *_ = pseudo_kfold
-    fold_run = run / "fold_0"
-    result = run_in_process("train.py", "-r", str(fold_run), "pseudo_labels.threshold=0.95")
-    assert result.returncode == 2 and "error: pseudo_labels.threshold: cannot change when resuming" in result.stderr
-
-
-# -- README's chain ------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_readme_chain_teacher_probabilities_student_pseudo_labels_runs_in_order(tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"## Distillation and pseudo-labels.*?```bash\n(.*?)```", readme, flags=re.S)[1]
-    (tmp_path / "configs").symlink_to(REPO / "configs")
-    monkeypatch.chdir(tmp_path)  # saved/ is the test's own
-    tiny = {"kfold_train.py": ["--folds", "2", "trainer.epochs=1", "arch.args.widths=[8,8,8]"],
-            "train.py": ["trainer.epochs=1"], "inference.py": []}
-    outputs = []
-    for line in filter(None, map(str.strip, block.splitlines())):
-        _, script, *args = shlex.split(line)
-        result = run_in_process(script, *args, *tiny[script])
-        assert result.returncode == 0, f"{line}\n{result.stderr}"
-        outputs.append(result.stdout)
-    assert (tmp_path / "saved/Digits_Teacher/teacher/test_probabilities.csv").is_file()
-    assert "pseudo_labels: added" in outputs[3]
-    assert "accuracy" in outputs[4]
-
-
-# -- inference.py --probabilities -----------------------------------------------------------------------
-def test_probabilities_file_holds_the_ids_and_the_predictions_probabilities(iris):
-    folder, _, _ = iris
-    run_in_process("train.py", "-c", str(make_config(new_folder(folder / "infer"), IRIS_CONFIG)), check=True)
-    (run,) = run_dirs(folder / "infer", "TinyIris")
-    run_in_process("inference.py", "-r", str(run / "model_best.pth"), check=True)
-    run_in_process("inference.py", "-r", str(run / "model_best.pth"), "--probabilities", check=True)
-    predictions, probabilities = pd.read_csv(run / "predictions.csv"), pd.read_csv(run / "probabilities.csv")
-    assert list(probabilities.columns) == ["id", "prob_0", "prob_1", "prob_2"]
-    pd.testing.assert_frame_equal(probabilities, predictions[list(probabilities.columns)])

@@ -72,7 +72,7 @@ def test_readme_command(command, tmp_path, capsys):
         SCRIPTS[script].command_line().parse_intermixed_args(argv)
         uses_a_run = {"-r", "--resume", "--finetune"} & set(argv)
         if set(argv) & CHAIN_STUDENTS:
-            continue  # they read the teacher's files: test_distillation.py runs the chain in order
+            continue  # they read the teacher's files: test_pseudo_labels.py runs the chain in order
         if script != "inference.py" and not uses_a_run:
             SCRIPTS[script].main([*argv, "--dry-run", f"trainer.save_dir={tmp_path}"])
             assert "dry run" in capsys.readouterr().out
