@@ -137,6 +137,17 @@ def test_pseudo_label_weight_scales_each_samples_loss():
     torch.testing.assert_close(loss, (per_sample * weight).mean())
 
 
+def test_soft_pseudo_labels_are_the_loss_target():
+    from base.base_task import BaseTask
+
+    torch.manual_seed(6)
+    output, labels, soft = torch.randn(4, 3), torch.tensor([0, 2, 1, 1]), torch.rand(4, 3).softmax(dim=1)
+    target = TrainTarget(labels, torch.zeros(4, 0), soft, torch.ones(4))
+    loss = ExtrasLoss(F.cross_entropy, BaseTask())(output, target)
+    expected = -(soft * output.log_softmax(dim=1)).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected)
+
+
 @pytest.mark.parametrize("batch_idx", range(6))
 def test_mixup_mixes_the_teacher_rows_with_the_labels_pairs_and_lambda(batch_idx):
     mixer = BatchMixer(num_classes=5, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, seed=4)
