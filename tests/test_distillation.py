@@ -218,6 +218,19 @@ def test_under_torchrun_each_process_gets_its_own_samples_teacher_rows(iris):
         assert len(checked) == 3 * 6 and all(checked), (rank, checked)
 
 
+@pytest.mark.parametrize("task", ["multilabel", "multihead", "regression"])
+def test_each_task_distills_from_its_kfold_oof_predictions(task, tmp_path):
+    import tests.test_tasks as tasks
+
+    config = getattr(tasks, f"{task}_config")(tmp_path, **{"trainer.epochs": 1})
+    run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
+    settings = json.loads(config.read_text())
+    teacher = run_dirs(tmp_path, "Task")[0] / "oof_predictions.csv"  # prob_<label>, prob_<head>_<k>, prediction
+    settings["loss"] = {"type": "distillation", "args": {"teacher": str(teacher), "base": settings["loss"]}}
+    config.write_text(json.dumps(settings))
+    run_in_process("train.py", "-c", str(config), check=True)
+
+
 def test_alpha_one_trains_exactly_as_the_plain_loss(iris):
     folder, _, teacher = iris
     run_in_process("train.py", "-c", str(make_config(new_folder(folder / "plain"), IRIS_CONFIG)), check=True)
