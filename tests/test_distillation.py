@@ -262,6 +262,32 @@ def test_alpha_and_temperature_out_of_range_are_one_error_line(iris, args, where
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {where}:"), lines
 
 
+def test_another_teacher_is_refused_on_resume_and_alpha_may_change(iris):
+    folder, dataset, teacher = iris
+    run_in_process("train.py", "-c", str(distill_config(folder / "resume", teacher)), check=True)
+    (run,) = run_dirs(folder / "resume", "TinyIris")
+    other = write_teacher(folder / "other.csv", dataset, shuffle_seed=1)
+    refused = run_in_process("train.py", "-r", str(run), f"loss.args.teacher={other}", "trainer.epochs=4")
+    assert refused.returncode == 2 and "error: loss.args.teacher: cannot change when resuming" in refused.stderr
+    changed = run_in_process("train.py", "-r", str(run), "loss.args.alpha=0.2", "trainer.epochs=4", check=True)
+    assert "loss.args.alpha changed at epoch 4: 0.5 -> 0.2" in changed.stdout + changed.stderr
+
+
+@pytest.mark.parametrize("key", ["loss.args.temperature", "pseudo_labels.threshold"])
+def test_a_suspicious_value_is_a_warning_naming_its_key(key, caplog):
+    from config_parser import ConfigParser
+
+    config = copy.deepcopy(IRIS_CONFIG) | {"loss": {"type": "distillation", "args": {"teacher": "t.csv"}}}
+    if key == "loss.args.temperature":
+        config["loss"]["args"]["temperature"] = 0.5
+    else:
+        config["pseudo_labels"] = {"csv": "p.csv", "threshold": 0.3,
+                                   "dataset": {"type": "IrisDataset", "args": {"train": False}}}
+    with caplog.at_level("WARNING"):
+        ConfigParser(config)
+    assert key in caplog.text
+
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_equals_the_uninterrupted_distillation_run(tmp_path):
     from dataset.datasets import DigitsDataset
