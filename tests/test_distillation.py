@@ -218,19 +218,6 @@ def test_under_torchrun_each_process_gets_its_own_samples_teacher_rows(iris):
         assert len(checked) == 3 * 6 and all(checked), (rank, checked)
 
 
-@pytest.mark.parametrize("task", ["multilabel", "multihead", "regression"])
-def test_each_task_distills_from_its_kfold_oof_predictions(task, tmp_path):
-    import tests.test_tasks as tasks
-
-    config = getattr(tasks, f"{task}_config")(tmp_path, **{"trainer.epochs": 1})
-    run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
-    settings = json.loads(config.read_text())
-    teacher = run_dirs(tmp_path, "Task")[0] / "oof_predictions.csv"  # prob_<label>, prob_<head>_<k>, prediction
-    settings["loss"] = {"type": "distillation", "args": {"teacher": str(teacher), "base": settings["loss"]}}
-    config.write_text(json.dumps(settings))
-    run_in_process("train.py", "-c", str(config), check=True)
-
-
 def test_alpha_one_trains_exactly_as_the_plain_loss(iris):
     folder, _, teacher = iris
     run_in_process("train.py", "-c", str(make_config(new_folder(folder / "plain"), IRIS_CONFIG)), check=True)
@@ -271,21 +258,6 @@ def test_another_teacher_is_refused_on_resume_and_alpha_may_change(iris):
     assert refused.returncode == 2 and "error: loss.args.teacher: cannot change when resuming" in refused.stderr
     changed = run_in_process("train.py", "-r", str(run), "loss.args.alpha=0.2", "trainer.epochs=4", check=True)
     assert "loss.args.alpha changed at epoch 4: 0.5 -> 0.2" in changed.stdout + changed.stderr
-
-
-@pytest.mark.parametrize("key", ["loss.args.temperature", "pseudo_labels.threshold"])
-def test_a_suspicious_value_is_a_warning_naming_its_key(key, caplog):
-    from config_parser import ConfigParser
-
-    config = copy.deepcopy(IRIS_CONFIG) | {"loss": {"type": "distillation", "args": {"teacher": "t.csv"}}}
-    if key == "loss.args.temperature":
-        config["loss"]["args"]["temperature"] = 0.5
-    else:
-        config["pseudo_labels"] = {"csv": "p.csv", "threshold": 0.3,
-                                   "dataset": {"type": "IrisDataset", "args": {"train": False}}}
-    with caplog.at_level("WARNING"):
-        ConfigParser(config)
-    assert key in caplog.text
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """pseudo_labels (confident unlabelled samples added to training only), inference.py --probabilities,
-and README's chain from a k-fold teacher to a distilled student, on iris and digits."""
+students of every task, the warnings of both features, and README's chain from a k-fold teacher to a
+distilled student, on iris, digits and small tables."""
+import copy
 import json
 import re
 import shlex
@@ -89,6 +91,34 @@ def test_pseudo_labels_change_refused_on_resume(pseudo_kfold):
     fold_run = run / "fold_0"
     result = run_in_process("train.py", "-r", str(fold_run), "pseudo_labels.threshold=0.95")
     assert result.returncode == 2 and "error: pseudo_labels.threshold: cannot change when resuming" in result.stderr
+
+
+@pytest.mark.parametrize("task", ["multilabel", "multihead", "regression"])
+def test_each_task_distills_from_its_kfold_oof_predictions(task, tmp_path):
+    import tests.test_tasks as tasks
+
+    config = getattr(tasks, f"{task}_config")(tmp_path, **{"trainer.epochs": 1})
+    run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
+    settings = json.loads(config.read_text())
+    teacher = run_dirs(tmp_path, "Task")[0] / "oof_predictions.csv"  # prob_<label>, prob_<head>_<k>, prediction
+    settings["loss"] = {"type": "distillation", "args": {"teacher": str(teacher), "base": settings["loss"]}}
+    config.write_text(json.dumps(settings))
+    run_in_process("train.py", "-c", str(config), check=True)
+
+
+@pytest.mark.parametrize("key", ["loss.args.temperature", "pseudo_labels.threshold"])
+def test_a_suspicious_value_is_a_warning_naming_its_key(key, caplog):
+    from config_parser import ConfigParser
+
+    config = copy.deepcopy(IRIS_CONFIG) | {"loss": {"type": "distillation", "args": {"teacher": "t.csv"}}}
+    if key == "loss.args.temperature":
+        config["loss"]["args"]["temperature"] = 0.5
+    else:
+        config["pseudo_labels"] = {"csv": "p.csv", "threshold": 0.3,
+                                   "dataset": {"type": "IrisDataset", "args": {"train": False}}}
+    with caplog.at_level("WARNING"):
+        ConfigParser(config)
+    assert key in caplog.text
 
 
 # -- README's chain ------------------------------------------------------------------------------------
