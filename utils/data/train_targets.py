@@ -131,9 +131,7 @@ class ExtrasLoss:
             hard = (self._per_sample_base(output, true) * target.weight).mean()
         else:
             hard = self.base(output, true)
-        if self.alpha is None:
-            return hard
-        if self.alpha == 1:  # exactly the base loss (and its gradient)
+        if self.alpha is None or self.alpha == 1:  # no teacher, or exactly the base loss (and its gradient)
             return hard
         soft = self.task.soft_target_loss(output, target.teacher, self.temperature)
         if self.weighted:
