@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from base.metric_tracker import Scorer
-from config_parser import ConfigParser, parse_overrides
+from config_parser import ConfigParser
 from logger.logger import setup_logging
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, lookup_type, parameters, section_module
+from utils.config.overrides import parse_overrides
 from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
 from utils.predict import predict_to_csv
 from utils.recipe.ema import model_weights
