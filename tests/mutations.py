@@ -106,6 +106,18 @@ SABOTAGES = [
     Sabotage("split groups across the validation split", "base/base_data_loader.py",
              "        if groups is not None:", "        if False:",
              ["tests/test_groups_imbalance.py::test_validation_split_keeps_every_group_on_one_side"]),
+    Sabotage("analysis: inference ignores calibration.json", "inference.py",
+             "        models = calibrated(models, config, args.resume, paths)", "        pass",
+             ["tests/test_analysis_runs.py::test_inference_applies_the_temperature_of_an_overconfident_run"]),
+    Sabotage("analysis: calibration error without the bin weights", "utils/analysis/calibration.py",
+             'return float((stats["count"][filled] / len(targets) * gap).sum())', "return float(gap.mean())",
+             ["tests/test_analysis.py::test_temperature_undoes_overconfidence_and_lowers_the_error"]),
+    Sabotage("analysis: McNemar without continuity correction", "utils/analysis/compare.py",
+             "statistic = (abs(b - c) - 1) ** 2 / n", "statistic = (b - c) ** 2 / n",
+             ["tests/test_analysis.py::test_mcnemar_p_value_equals_scipy"]),
+    Sabotage("analysis: worst samples are the lowest losses", "utils/analysis/classification.py",
+             "chosen = np.argpartition(-losses, top - 1)[:top]", "chosen = np.argpartition(losses, top - 1)[:top]",
+             ["tests/test_analysis.py::test_worst_samples_are_the_highest_losses"]),
 ]
 
 

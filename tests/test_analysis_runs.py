@@ -85,7 +85,8 @@ def test_kfold_calibration_is_saved_with_the_run(kfold_report):
 def test_page_opens_in_chromium_with_every_image_and_no_console_error(kfold_report):
     if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
         pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
+    from playwright import sync_api  # requirements-dev.txt
+
     _, report = kfold_report
     errors = []
     with sync_api.sync_playwright() as playwright:
