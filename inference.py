@@ -18,7 +18,7 @@ import torch
 from base.metric_tracker import Scorer
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
-from utils.analysis.calibration import TemperatureScaled, load_temperature
+from utils.analysis.temperature import TemperatureScaled, load_temperature
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module

@@ -3,20 +3,15 @@ temperature fitted on held-out logits (temperature scaling, Guo et al. 2017).
 
 A temperature T divides the logits before the softmax: T > 1 softens an overconfident model, T < 1
 sharpens an underconfident one; the predicted class never changes. ``analyze.py`` fits it and saves
-``calibration.json`` with the run; ``inference.py`` applies it (see ``TemperatureScaled``).
+``calibration.json`` with the run; ``inference.py`` applies it (utils/analysis/temperature.py).
+NumPy only: torch's import alone would double the analysis' time and memory at 100,000 predictions.
 """
 import json
-import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from utils.errors import CheckpointError
-from utils.util import write_json
-
-logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
@@ -53,12 +48,13 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
 
 
 def negative_log_likelihood(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean cross-entropy of ``logits / temperature`` (in float64 sums, chunked: no N x C float64 copy)."""
+    """Mean cross-entropy of ``logits / temperature``, in chunks (no N x C float64 copy)."""
     total = 0.0
-    for start in range(0, len(logits), 65536):
-        chunk = torch.from_numpy(np.ascontiguousarray(logits[start:start + 65536]))
-        target = torch.from_numpy(np.asarray(targets[start:start + 65536], dtype=np.int64))
-        total += float(torch.nn.functional.cross_entropy(chunk / temperature, target, reduction="sum"))
+    for start in range(0, len(logits), 16384):
+        scaled = logits[start:start + 16384].astype(np.float64) / temperature
+        top = scaled.max(axis=1)
+        log_sum = np.log(np.exp(scaled - top[:, None]).sum(axis=1)) + top
+        total += float((log_sum - scaled[np.arange(len(scaled)), targets[start:start + 16384]]).sum())
     return total / len(logits)
 
 
@@ -89,7 +85,7 @@ def calibrate(probs: np.ndarray, targets: np.ndarray) -> dict:
     """Fit a temperature on held-out predictions; the error and the likelihood before and after.
 
     Returns ``{"temperature", "samples", "ece_before", "ece_after", "nll_before", "nll_after",
-    "bins_before", "bins_after", "probs_after"}``.
+    "bins_before", "bins_after"}``.
     """
     logits = log_probabilities(probs)
     temperature = fit_temperature(logits, targets)
@@ -99,43 +95,15 @@ def calibrate(probs: np.ndarray, targets: np.ndarray) -> dict:
             "ece_after": expected_calibration_error(calibrated, targets),
             "nll_before": negative_log_likelihood(logits, targets),
             "nll_after": negative_log_likelihood(logits, targets, temperature),
-            "bins_before": reliability_bins(probs, targets), "bins_after": reliability_bins(calibrated, targets),
-            "probs_after": calibrated}
+            "bins_before": reliability_bins(probs, targets), "bins_after": reliability_bins(calibrated, targets)}
 
 
 def save_calibration(run_dir: str | Path, result: dict, fitted_on: str) -> Path:
-    """Write ``calibration.json`` (the temperature and the figures it was judged by) into ``run_dir``."""
+    """Write ``calibration.json`` (the temperature and the figures it was judged by) into ``run_dir``,
+    atomically: inference.py never reads half a file."""
     path = Path(run_dir) / CALIBRATION_FILE
     keys = ("temperature", "samples", "ece_before", "ece_after", "nll_before", "nll_after")
-    write_json({"fitted_on": fitted_on} | {key: result[key] for key in keys}, path)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps({"fitted_on": fitted_on} | {key: result[key] for key in keys}, indent=4) + "\n")
+    os.replace(temp, path)
     return path
-
-
-def load_temperature(run_dir: str | Path) -> float | None:
-    """The temperature saved in ``run_dir/calibration.json``, or None when there is none."""
-    path = Path(run_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        temperature = float(json.loads(path.read_text())["temperature"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(str(path), f"is not a calibration file ({error}); delete it or run analyze.py "
-                                         "again") from None
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise CheckpointError(str(path), f"temperature must be a positive number, got {temperature}")
-    return temperature
-
-
-class TemperatureScaled(torch.nn.Module):
-    """A model whose logits are divided by a fitted temperature.
-
-    Examples:
-        >>> model = TemperatureScaled(model, load_temperature(run_dir))
-    """
-
-    def __init__(self, model: torch.nn.Module, temperature: float):
-        super().__init__()
-        self.model, self.temperature = model, float(temperature)
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.model(*args, **kwargs) / self.temperature
