@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else default_out(Path(args.runs[0]))
     runs = []
     for target in args.runs:
-        run = load_source(target, lambda run_dir: predict_validation(run_dir, out))
+        run = load_source(target, lambda run_dir: predict_validation(run_dir, out), progress=not args.no_progress)
         logger.info("%s: %d %s predictions", run.name, len(run.table), run.kind)
         analyze_predictions(run, args.top, progress=not args.no_progress)
         runs.append(run)

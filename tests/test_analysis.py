@@ -187,9 +187,46 @@ def test_regression_and_multilabel_tables_equal_sklearn(tmp_path):
 
 def test_bad_input_is_one_error_line(tmp_path):
     pd.DataFrame({"id": [0, 1], "prob_0": [0.5, 0.5]}).to_csv(tmp_path / "unlabelled.csv", index=False)
+    (tmp_path / "empty.csv").write_text("id,prediction,target,prob_0,prob_1\n")
     for target, message in ((tmp_path / "missing.csv", "no such predictions file"),
+                            (tmp_path / "empty.csv", "has no predictions"),
                             (tmp_path / "unlabelled.csv", "needs the columns id and target"),
                             (tmp_path, "neither a training run")):
         result = run_in_process("analyze.py", str(target), "--out", str(tmp_path / "report"))
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_multihead_heads_and_combined_and_every_task_page(tmp_path):
+    rng = np.random.default_rng(4)
+    n, heads = 300, {"mask": 3, "age": 2}
+    table = {"id": range(n)}
+    targets, right = {}, np.ones(n, dtype=bool)
+    for head, size in heads.items():
+        targets[head] = rng.integers(0, size, n)
+        probs = softmax(rng.normal(size=(n, size)).astype(np.float32) + 2 * np.eye(size)[targets[head]])
+        table |= {f"prediction_{head}": probs.argmax(1), f"target_{head}": targets[head]}
+        table |= {f"prob_{head}_{k}": probs[:, k] for k in range(size)}
+        right &= probs.argmax(1) == targets[head]
+    table["target"] = targets["mask"] * 2 + targets["age"]
+    table["prediction"] = np.where(right, table["target"], (table["target"] + 1) % 6)
+    pd.DataFrame(table).to_csv(tmp_path / "heads.csv", index=False)
+    result = run_in_process("analyze.py", str(tmp_path / "heads.csv"), "--out", str(tmp_path / "report"),
+                            "--no-progress", check=True)
+    assert "multihead" in result.stdout
+    for head in heads:
+        summary = pd.read_csv(tmp_path / "report" / "heads" / head / "summary.csv").set_index("metric")
+        assert summary.loc["accuracy", "value"] == pytest.approx(
+            metrics.accuracy_score(table[f"target_{head}"], table[f"prediction_{head}"]))
+    combined = pd.read_csv(tmp_path / "report" / "heads" / "combined_summary.csv")
+    assert combined["value"].iloc[0] == pytest.approx(right.mean())
+    # The regression and multi-label pages are written too.
+    pd.DataFrame({"id": range(50), "prediction": np.arange(50) * 1.1, "target": np.arange(50)}).to_csv(
+        tmp_path / "r.csv", index=False)
+    pd.DataFrame({"id": range(4), "prediction": ["a", "", "a b", "b"], "target": ["a", "b", "a b", ""],
+                  "prob_a": [0.9, 0.2, 0.8, 0.1], "prob_b": [0.1, 0.4, 0.7, 0.6]}).to_csv(tmp_path / "m.csv",
+                                                                                         index=False)
+    result = run_in_process("analyze.py", str(tmp_path / "r.csv"), str(tmp_path / "m.csv"), "--out",
+                            str(tmp_path / "both"), "--no-progress", check=True)
+    assert (tmp_path / "both" / "r" / "residuals.png").is_file()
+    assert (tmp_path / "both" / "m" / "per_label.csv").is_file()

@@ -84,7 +84,8 @@ def classification_section(page: Page, run, folder: Path, analysis: dict) -> Non
         folder / "confusion_normalized.csv", float_format="%.4g")
     page.table(analysis["confused_pairs"], folder / "confused_pairs.csv", "Most confused pairs")
     worst_section(page, analysis["worst"], folder)
-    calibration_section(page, analysis["calibration"], folder)
+    if "calibration" in analysis:
+        calibration_section(page, analysis["calibration"], folder)
     if "groups" in analysis:
         page.table(analysis["groups"], folder / "groups.csv", "Groups, highest error rate first")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from utils.errors import DataError
 
@@ -59,7 +60,8 @@ def task_kind(columns: list[str], task_type: str | None = None) -> str:
     return "multihead" if any(c.startswith("target_") for c in columns) else "multilabel"
 
 
-def read_predictions(path: str | Path, name: str | None = None, task_type: str | None = None) -> Predictions:
+def read_predictions(path: str | Path, name: str | None = None, task_type: str | None = None,
+                     progress: bool = False) -> Predictions:
     """A predictions CSV with labels (columns ``id, prediction, target, prob_k``... as inference.py writes).
 
     Examples:
@@ -84,9 +86,14 @@ def read_predictions(path: str | Path, name: str | None = None, task_type: str |
     if kind == "multilabel":
         dtypes |= {"target": str, "prediction": str}
     try:
-        table = pd.read_csv(path, dtype=dtypes, engine="c", keep_default_na=kind != "multilabel")
+        chunks = pd.read_csv(path, dtype=dtypes, engine="c", keep_default_na=kind != "multilabel", chunksize=20000)
+        table = list(tqdm(chunks, desc=f"reading {path.name}", unit=" x 20,000 rows", leave=False, delay=1,
+                          disable=not progress))
     except ValueError as error:
         raise DataError(str(path), f"cannot be read: {error}") from None
+    if not table or not sum(map(len, table)):
+        raise DataError(str(path), "has no predictions")
+    table = pd.concat(table, ignore_index=True)
     predictions = Predictions(name or path.stem, path, kind, table)
     if kind == "classification":
         _class_columns(predictions)
@@ -119,7 +126,7 @@ def is_run_dir(path: Path) -> bool:
                                                                                             "last.pth"))
 
 
-def load_source(target: str | Path, predict: Callable[[Path], Path]) -> Predictions:
+def load_source(target: str | Path, predict: Callable[[Path], Path], progress: bool = False) -> Predictions:
     """The predictions of a RUN: a CSV, a k-fold directory (its OOF predictions) or a training run
     (``predict(run_dir)`` predicts its validation split and returns the CSV)."""
     path = Path(target)
@@ -132,18 +139,18 @@ def load_source(target: str | Path, predict: Callable[[Path], Path]) -> Predicti
         if not (path / "oof_predictions.csv").is_file():
             raise DataError(str(path), "has no oof_predictions.csv: the k-fold run did not finish (resume it "
                                        "with kfold_train.py -r)")
-        predictions = read_predictions(path / "oof_predictions.csv", _run_name(path), task_type)
+        predictions = read_predictions(path / "oof_predictions.csv", _run_name(path), task_type, progress)
         predictions.fitted_on = "out-of-fold predictions"
         predictions.curves = [folder / "metrics.csv" for folder in sorted(path.glob("fold_*"))
                               if (folder / "metrics.csv").is_file()]
     elif path.is_dir() and is_run_dir(path):
-        predictions = read_predictions(predict(path), _run_name(path), task_type)
+        predictions = read_predictions(predict(path), _run_name(path), task_type, progress)
         predictions.fitted_on = "validation split"
         predictions.curves = [path / "metrics.csv"] if (path / "metrics.csv").is_file() else []
     elif path.is_dir():
         raise DataError(str(path), "is neither a training run (config.json and a checkpoint) nor a k-fold run")
     else:
-        return read_predictions(path, path.stem)
+        return read_predictions(path, path.stem, progress=progress)
     predictions.run_dir, predictions.config = path, config
     return predictions
 

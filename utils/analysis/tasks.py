@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 
+from utils.analysis.calibration import calibrate
 from utils.analysis.classification import analyze_classification, bootstrap_summary, sample_losses
 
 
@@ -68,8 +69,9 @@ def multilabel_thresholds(predictions) -> float | list[float]:
 
 
 def analyze_multihead(predictions, top: int = 25, progress: bool = False) -> dict:
-    """Each head analysed as a classifier (its ``prob_<head>_<k>`` and ``target_<head>`` columns), and
-    the accuracy of the combined class (every head right) with its bootstrap interval."""
+    """Each head analysed as a classifier (its ``prob_<head>_<k>`` and ``target_<head>`` columns; its
+    calibration is not saved: inference.py applies a temperature to single-label runs only), and the
+    accuracy of the combined class (every head right) with its bootstrap interval."""
     from utils.analysis.sources import Predictions
 
     table = predictions.table
@@ -83,7 +85,7 @@ def analyze_multihead(predictions, top: int = 25, progress: bool = False) -> dic
         part = Predictions(f"{predictions.name}:{head}", predictions.source, "classification",
                            table[["id"]], probs=probs, targets=targets,
                            classes=[str(k) for k in range(len(columns))])
-        results[head] = analyze_classification(part, top, progress)
+        results[head] = analyze_classification(part, top, progress) | {"calibration": calibrate(probs, targets)}
         all_right &= probs.argmax(axis=1) == targets
     combined = table["prediction"].to_numpy() == table["target"].to_numpy()
     one_hot = np.stack([1 - combined, combined], axis=1).astype(np.float32)
