@@ -210,6 +210,7 @@ LONGEST_FIRST = [
     "test_inference.py",  # 25
     "test_tasks.py",  # 25
     "test_edge_cases.py",  # 20
+    "test_analysis_runs.py",  # 15
     "test_examples.py",  # 20
 ]
 

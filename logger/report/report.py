@@ -58,6 +58,8 @@ def write_report(runs: list, comparison: dict | None, out: str | Path) -> Path:
     Examples:
         >>> write_report([predictions], None, "saved/Digits/20261127_120000/report")
     """
+    import pandas as pd
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     page = Page(out)
@@ -68,6 +70,9 @@ def write_report(runs: list, comparison: dict | None, out: str | Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         page.heading(f"{run.name}: {run.kind}")
         page.text(f"{len(run.table)} predictions from {run.source}", "note")
+        summary = run.run_dir / "kfold_summary.csv" if run.run_dir is not None else None
+        if summary is not None and summary.is_file():
+            page.table(pd.read_csv(summary), folder / "kfold_summary.csv", "k-fold summary (each fold's best epoch)")
         if run.kind == "classification":
             classification_section(page, run, folder, run.analysis)
         elif run.kind == "regression":

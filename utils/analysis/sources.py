@@ -141,8 +141,9 @@ def load_source(target: str | Path, predict: Callable[[Path], Path], progress: b
                                        "with kfold_train.py -r)")
         predictions = read_predictions(path / "oof_predictions.csv", _run_name(path), task_type, progress)
         predictions.fitted_on = "out-of-fold predictions"
-        predictions.curves = [folder / "metrics.csv" for folder in sorted(path.glob("fold_*"))
-                              if (folder / "metrics.csv").is_file()]
+        # A k-fold run's curves are its folds'; a fold directory (it has its held-out predictions) has its own.
+        folders = sorted(path.glob("fold_*")) or [path]
+        predictions.curves = [folder / "metrics.csv" for folder in folders if (folder / "metrics.csv").is_file()]
     elif path.is_dir() and is_run_dir(path):
         predictions = read_predictions(predict(path), _run_name(path), task_type, progress)
         predictions.fitted_on = "validation split"
