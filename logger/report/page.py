@@ -122,8 +122,8 @@ def calibration_section(page: Page, calibration: dict, folder: Path) -> None:
     page.image(figures.reliability_picture(calibration["bins_before"], calibration["bins_after"],
                                            calibration["temperature"], folder / "reliability.png"),
                "reliability diagram")
-    bins = calibration["bins_before"]
-    pd.DataFrame({"from": bins["edges"][:-1], "to": bins["edges"][1:], "samples": bins["count"],
-                  "confidence": bins["confidence"], "accuracy": bins["accuracy"],
-                  "accuracy_after": calibration["bins_after"]["accuracy"]}).to_csv(folder / "calibration_bins.csv",
-                                                                                   index=False)
+    before, after = calibration["bins_before"], calibration["bins_after"]
+    pd.DataFrame({"from": before["edges"][:-1], "to": before["edges"][1:], "samples": before["count"],
+                  "confidence": before["confidence"], "accuracy": before["accuracy"],
+                  "samples_after": after["count"], "confidence_after": after["confidence"],
+                  "accuracy_after": after["accuracy"]}).to_csv(folder / "calibration_bins.csv", index=False)
