@@ -179,6 +179,22 @@ SABOTAGES = [
              'labels = None if targets is None else config.task.stratify_labels(targets, options["n_bins"])',
              "labels = targets",
              ["tests/test_tune_guarantees.py::test_tune_kfold_of_a_regression_keeps_every_group_in_one_fold"]),
+    Sabotage("analysis: inference ignores calibration.json", "inference.py",
+             "        models = calibrated(models, config, args.resume, paths)", "        pass",
+             ["tests/test_analysis_runs.py::test_inference_applies_the_temperature_of_an_overconfident_run"]),
+    Sabotage("analysis: calibration error without the bin weights", "utils/analysis/calibration.py",
+             'return float((stats["count"][filled] / len(targets) * gap).sum())', "return float(gap.mean())",
+             ["tests/test_analysis.py::test_temperature_undoes_overconfidence_and_lowers_the_error"]),
+    Sabotage("analysis: temperature multiplies the logits", "utils/analysis/calibration.py",
+             "scaled = logits[start:start + 16384].astype(np.float64) / temperature",
+             "scaled = logits[start:start + 16384].astype(np.float64) * temperature",
+             ["tests/test_analysis.py::test_temperature_undoes_overconfidence_and_lowers_the_error"]),
+    Sabotage("analysis: McNemar without continuity correction", "utils/analysis/compare.py",
+             "statistic = (abs(b - c) - 1) ** 2 / n", "statistic = (b - c) ** 2 / n",
+             ["tests/test_analysis.py::test_mcnemar_p_value_equals_scipy"]),
+    Sabotage("analysis: worst samples are the lowest losses", "utils/analysis/classification.py",
+             "chosen = np.argpartition(-losses, top - 1)[:top]", "chosen = np.argpartition(losses, top - 1)[:top]",
+             ["tests/test_analysis.py::test_worst_samples_are_the_highest_losses"]),
 ]
 
 

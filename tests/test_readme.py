@@ -11,13 +11,15 @@ import shlex
 
 import pytest
 
+import analyze
 import inference
 import kfold_train
 import train
 import tune
 from tests.conftest import REPO
 
-SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune}
+SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune,
+           "analyze.py": analyze}
 
 
 def manual_text() -> str:
@@ -69,7 +71,7 @@ def test_readme_command(command, tmp_path, capsys):
             continue
         SCRIPTS[script].command_line().parse_intermixed_args(argv)
         uses_a_run = {"-r", "--resume", "--finetune"} & set(argv)
-        if script != "inference.py" and not uses_a_run:
+        if script not in ("inference.py", "analyze.py") and not uses_a_run:
             SCRIPTS[script].main([*argv, "--dry-run", f"trainer.save_dir={tmp_path}"])
             assert "dry run" in capsys.readouterr().out
             assert not any(tmp_path.iterdir())
