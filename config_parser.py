@@ -110,12 +110,11 @@ class ConfigParser:
                 parsed.record_resume(None, changes)
         elif point is not None:
             point.compare(parsed.config)
-        elif resume:  # read the checkpoint now: a change resuming cannot honour stops before anything is built
-            parsed.resume_point()
         return parsed
 
     def resume_point(self) -> ResumePoint | None:
-        """The checkpoint ``-r`` continues from, read and verified once (None for a new run)."""
+        """The checkpoint ``-r`` continues from, read and verified once (None for a new run); its config
+        compared with this one, so that a change resuming cannot honour stops here."""
         if self._resume_point is None and self.resume is not None:
             self._resume_point = ResumePoint.read(self.resume)
             self._resume_point.compare(self._config)
@@ -197,7 +196,8 @@ class ConfigParser:
         but it must be the section's own module: the table is the one place that says where names live.
         """
         parts = name.split(".")
-        section = parts[1] if parts[0] == "inference" else parts[0]  # "metrics.0" is a "metrics" entry
+        # "metrics.0" is a "metrics" entry; "inference.dataset" and "pseudo_labels.dataset" are datasets
+        section = parts[1] if parts[0] in ("inference", "pseudo_labels") else parts[0]
         table_module = components.section_module(section)
         if module is not None and module is not table_module:
             raise ValueError(f"{name} is looked up in {table_module.__name__}, not {module.__name__}")
