@@ -1,0 +1,128 @@
+"""Writing a model to an ONNX, torch.export (.pt2) or TorchScript file.
+
+Each exporter takes the module to export (``ExportedOutputs``), an example batch (real samples: a
+trace follows the branches they take) and whether the batch dimension stays dynamic. A failure
+becomes one ConfigError that names the operator the exporter could not handle, where it says which.
+"""
+import logging
+import re
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".pt"}
+INPUT_NAME = "input"
+# "aten::fft_rfft2", "aten.linalg_eig.default", "torchvision::nms": the operator an exporter names.
+_OPERATOR = re.compile(r"\b((?:aten|prim|torchvision|quantized|onnx)(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)")
+
+
+def failed_operator(error: BaseException) -> str | None:
+    """The operator an export error names (searched through its chain of causes), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found = _OPERATOR.search(str(error))
+        if found:
+            return found.group(1)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def export_error(fmt: str, module, error: BaseException) -> ConfigError:
+    """One line for a model that cannot be exported: the operator when the exporter names it."""
+    operator = failed_operator(error)
+    text = " ".join(str(error).split())[:200] or type(error).__name__
+    what = f"operator {operator} cannot be exported" if operator else f"the exporter failed: {text}"
+    model_name = type(getattr(module, "model", module)).__name__
+    return ConfigError(f"arch ({model_name})", f"cannot be exported to {fmt}: {what}")
+
+
+@contextmanager
+def _quiet_exporter_logs():
+    """The ONNX exporter's optimiser logs every pass at INFO: only its warnings reach the user's console."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _batch_dim(dynamic_batch: bool):
+    return ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+
+
+def export_onnx(module, example: torch.Tensor, path: Path, dynamic_batch: bool, opset: int | None) -> str:
+    """Write ``path`` with torch.onnx's dynamo exporter, or where that fails, its TorchScript-based one.
+
+    Returns the name of the exporter that wrote the file.
+    """
+    names = module.output_names
+    try:
+        with _quiet_exporter_logs():
+            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME], output_names=names,
+                              dynamic_shapes=_batch_dim(dynamic_batch), opset_version=opset,
+                              external_data=False, verbose=False, report=False)
+        return "torch.onnx dynamo"
+    except Exception as error:  # noqa: BLE001 - any failure of the new exporter gets the older one's try
+        logger.warning("the dynamo ONNX exporter failed (%s); trying the TorchScript-based exporter",
+                       " ".join(str(error).split())[:160] or type(error).__name__)
+        path.unlink(missing_ok=True)
+    axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                              output_names=names, dynamic_axes=axes, opset_version=opset)
+    except Exception as error:
+        raise export_error("ONNX", module, error) from error
+    return "torch.onnx TorchScript-based"
+
+
+def export_program(module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> str:
+    """Write ``path`` with torch.export.export and torch.export.save (a .pt2 program)."""
+    try:
+        program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim(dynamic_batch))
+        torch.export.save(program, str(path))
+    except Exception as error:
+        raise export_error("torch.export", module, error) from error
+    return "torch.export"
+
+
+def export_torchscript(module, example: torch.Tensor, path: Path) -> str:
+    """Write ``path`` with torch.jit.trace (the branches the example takes) and torch.jit.save."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            traced = torch.jit.trace(module, (example,), check_trace=False)
+            torch.jit.save(traced, str(path))
+    except Exception as error:
+        raise export_error("TorchScript", module, error) from error
+    return "torch.jit.trace"
+
+
+def export_file(module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
+                opset: int | None = None) -> str:
+    """Write the module to ``path`` in ``fmt`` (a key of FORMATS); returns the exporter used."""
+    if fmt == "onnx":
+        return export_onnx(module, example, path, dynamic_batch, opset)
+    if fmt == "exported":
+        return export_program(module, example, path, dynamic_batch)
+    return export_torchscript(module, example, path)
+
+
+def onnx_opset(path: Path) -> int | None:
+    """The default-domain opset an ONNX file was written with."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
