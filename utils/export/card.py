@@ -126,3 +126,26 @@ def card_markdown(card: dict) -> str:
                      f"{verified['samples']} samples) | {verified['class_agreement']:.1%} |")
     lines += ["", "The config the model was trained with is in model_card.json (`config`).", ""]
     return "\n".join(lines)
+
+
+def exported_checkpoint(exported: Path) -> dict:
+    """What inference.py needs of a checkpoint, read from the card of an exported ONNX file: the config
+    (its preprocessing and task), the class names and the loss arguments the run trained with.
+
+    Examples:
+        >>> exported_checkpoint(Path("deploy/model.onnx"))["classes"]
+        ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']
+    """
+    import torch
+
+    card = read_card(exported)
+    entry = card["files"][exported.name]
+    if entry.get("postprocess"):
+        raise CheckpointError(str(exported), "was exported with --postprocess (it outputs probabilities): "
+                                             "inference.py runs models that output what the PyTorch model does")
+    if entry.get("sha256") != sha256_of(exported):
+        raise CheckpointError(str(exported), f"is not the file {CARD_NAME} describes (its SHA-256 differs): "
+                                             "export it again")
+    loss_args = {key: torch.tensor(value) if isinstance(value, list) else value
+                 for key, value in card.get("loss_args", {}).items()}
+    return {"config": card["config"], "classes": card.get("classes"), "arch": card["arch"], "loss_args": loss_args}
