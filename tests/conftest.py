@@ -81,7 +81,7 @@ def run_script(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | N
     return result
 
 
-SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py")
+SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py", "export.py")
 
 
 @contextlib.contextmanager

@@ -5,7 +5,10 @@ trace follows the branches they take) and whether the batch dimension stays dyna
 becomes one ConfigError that names the operator the exporter could not handle, where it says which.
 """
 import logging
+import os
 import re
+import sys
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +22,7 @@ logger = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".pt"}
 INPUT_NAME = "input"
 # "aten::fft_rfft2", "aten.linalg_eig.default", "torchvision::nms": the operator an exporter names.
-_OPERATOR = re.compile(r"\b((?:aten|prim|torchvision|quantized|onnx)(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)")
+_OPERATOR = re.compile(r"\b((?:aten|prim|torchvision|quantized)(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)")
 
 
 def failed_operator(error: BaseException) -> str | None:
@@ -34,11 +37,16 @@ def failed_operator(error: BaseException) -> str | None:
     return None
 
 
+def _brief(error: BaseException) -> str:
+    """An exporter's message on one line, without its terminal colours, cut short."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+    return text[:200] or type(error).__name__
+
+
 def export_error(fmt: str, module, error: BaseException) -> ConfigError:
     """One line for a model that cannot be exported: the operator when the exporter names it."""
     operator = failed_operator(error)
-    text = " ".join(str(error).split())[:200] or type(error).__name__
-    what = f"operator {operator} cannot be exported" if operator else f"the exporter failed: {text}"
+    what = f"operator {operator} cannot be exported" if operator else f"the exporter failed: {_brief(error)}"
     model_name = type(getattr(module, "model", module)).__name__
     return ConfigError(f"arch ({model_name})", f"cannot be exported to {fmt}: {what}")
 
@@ -55,6 +63,40 @@ def _quiet_exporter_logs():
     finally:
         for log, level in zip(loggers, levels):
             log.setLevel(level)
+
+
+@contextmanager
+def _native_output_to_debug_log():
+    """The TorchScript-based ONNX exporter prints its whole graph from C++ when it fails: that goes to
+    the debug log, so that the console shows the one-line error only."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 1)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("the ONNX exporter printed:\n%s", text)
+
+
+@contextmanager
+def _quiet_tracer():
+    """Tracing warns about every Python branch and deprecation; the verification that follows tells
+    whether the traced graph computes what the model does, in one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def _batch_dim(dynamic_batch: bool):
@@ -74,15 +116,15 @@ def export_onnx(module, example: torch.Tensor, path: Path, dynamic_batch: bool, 
                               external_data=False, verbose=False, report=False)
         return "torch.onnx dynamo"
     except Exception as error:  # noqa: BLE001 - any failure of the new exporter gets the older one's try
+        operator = failed_operator(error)
         logger.warning("the dynamo ONNX exporter failed (%s); trying the TorchScript-based exporter",
-                       " ".join(str(error).split())[:160] or type(error).__name__)
+                       f"operator {operator}" if operator else _brief(error))
         path.unlink(missing_ok=True)
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if dynamic_batch else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet_tracer(), _native_output_to_debug_log():
             torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
-                              output_names=names, dynamic_axes=axes, opset_version=opset)
+                              output_names=names, dynamic_axes=axes, opset_version=opset, verbose=False)
     except Exception as error:
         raise export_error("ONNX", module, error) from error
     return "torch.onnx TorchScript-based"
@@ -101,8 +143,7 @@ def export_program(module, example: torch.Tensor, path: Path, dynamic_batch: boo
 def export_torchscript(module, example: torch.Tensor, path: Path) -> str:
     """Write ``path`` with torch.jit.trace (the branches the example takes) and torch.jit.save."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet_tracer():
             traced = torch.jit.trace(module, (example,), check_trace=False)
             torch.jit.save(traced, str(path))
     except Exception as error:
