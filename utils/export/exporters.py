@@ -4,13 +4,14 @@ Each exporter takes the module to export (``ExportedOutputs``), an example batch
 trace follows the branches they take) and whether the batch dimension stays dynamic. A failure
 becomes one ConfigError that names the operator the exporter could not handle, where it says which.
 """
+import contextlib
+import io
 import logging
 import os
 import re
 import sys
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,21 +52,25 @@ def export_error(fmt: str, module, error: BaseException) -> ConfigError:
     return ConfigError(f"arch ({model_name})", f"cannot be exported to {fmt}: {what}")
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet_exporter_logs():
-    """The ONNX exporter's optimiser logs every pass at INFO: only its warnings reach the user's console."""
-    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.WARNING)
+    """torch.export and the ONNX optimiser log every guard they add and every pass they run, and warn with
+    whole graphs: none of it reaches the console; a failure is reported in one line, and the verification
+    that follows says whether the graph computes what the model does."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    printed = io.StringIO()  # torch.export prints the partial graph of a failure to sys.stderr
     try:
-        yield
+        with warnings.catch_warnings(), contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
+            warnings.simplefilter("ignore")
+            yield
     finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
+        logging.disable(previous)
+        if printed.getvalue().strip():
+            logger.debug("the exporter printed:\n%s", printed.getvalue())
 
 
-@contextmanager
+@contextlib.contextmanager
 def _native_output_to_debug_log():
     """The TorchScript-based ONNX exporter prints its whole graph from C++ when it fails: that goes to
     the debug log, so that the console shows the one-line error only."""
@@ -89,7 +94,7 @@ def _native_output_to_debug_log():
                 logger.debug("the ONNX exporter printed:\n%s", text)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _quiet_tracer():
     """Tracing warns about every Python branch and deprecation; the verification that follows tells
     whether the traced graph computes what the model does, in one line."""
@@ -111,7 +116,8 @@ def export_onnx(module, example: torch.Tensor, path: Path, dynamic_batch: bool, 
     names = module.output_names
     try:
         with _quiet_exporter_logs():
-            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME], output_names=names,
+            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+                              output_names=names,
                               dynamic_shapes=_batch_dim(dynamic_batch), opset_version=opset,
                               external_data=False, verbose=False, report=False)
         return "torch.onnx dynamo"
@@ -133,8 +139,9 @@ def export_onnx(module, example: torch.Tensor, path: Path, dynamic_batch: bool, 
 def export_program(module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> str:
     """Write ``path`` with torch.export.export and torch.export.save (a .pt2 program)."""
     try:
-        program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim(dynamic_batch))
-        torch.export.save(program, str(path))
+        with _quiet_exporter_logs():
+            program = torch.export.export(module, (example,), dynamic_shapes=_batch_dim(dynamic_batch))
+            torch.export.save(program, str(path))
     except Exception as error:
         raise export_error("torch.export", module, error) from error
     return "torch.export"
