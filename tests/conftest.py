@@ -208,6 +208,7 @@ LONGEST_FIRST = [
     "test_ema_mixup.py",  # 25
     "test_kfold.py",  # 25
     "test_inference.py",  # 25
+    "test_export.py",  # 25
     "test_tasks.py",  # 25
     "test_edge_cases.py",  # 20
     "test_examples.py",  # 20

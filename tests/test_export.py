@@ -13,6 +13,9 @@ import torch
 from tests.conftest import make_config, run_dirs, run_in_process
 
 NORMALIZE = {"type": "Normalize", "args": {"mean": [0.3], "std": [0.4]}}
+# Other values for training: the card must give the evaluation transform's.
+TRAIN_TRANSFORM = [{"type": "RandomAffine", "args": {"degrees": 5}},
+                   {"type": "Normalize", "args": {"mean": [0.25], "std": [0.5]}}]
 TINY_ARCH = {"num_blocks": [1, 1], "widths": [8, 16], "num_classes": 10, "in_channels": 1, "stem": "small"}
 
 
@@ -58,7 +61,7 @@ def ema_run(tmp_path_factory):
     """The tiny digits config with normalisation and an EMA of the weights, trained for one epoch."""
     tmp_path = tmp_path_factory.mktemp("export")
     config = make_config(tmp_path, **{"trainer.epochs": 1, "trainer.save_period": 0, "trainer.ema": {"decay": 0.9},
-                                      "dataset.args.train_transform": [NORMALIZE],
+                                      "dataset.args.train_transform": TRAIN_TRANSFORM,
                                       "dataset.args.eval_transform": [NORMALIZE]})
     run_in_process("train.py", "-c", str(config), check=True)
     (run,) = run_dirs(tmp_path)

@@ -11,13 +11,15 @@ import shlex
 
 import pytest
 
+import export
 import inference
 import kfold_train
 import train
 import tune
 from tests.conftest import REPO
 
-SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune}
+SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune,
+           "export.py": export}
 
 
 def manual_text() -> str:
