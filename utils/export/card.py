@@ -114,16 +114,18 @@ def card_markdown(card: dict) -> str:
              f"- samples as {prep['dataset']} reads them: {prep['reads']}"]
     if prep["image_size"] is not None:
         lines.append(f"- resized to {prep['image_size']} (bilinear) when read")
-    lines += [f"- {step['type']}({json.dumps(step.get('args', {}))[1:-1]})" for step in prep["eval_transform"]]
+    lines += [f"- {step['type']}({', '.join(f'{k}={json.dumps(v)}' for k, v in step.get('args', {}).items())})"
+              for step in prep["eval_transform"]]
     if prep["normalize"]:
         lines.append(f"- normalisation: mean {prep['normalize']['mean']}, std {prep['normalize']['std']}")
     lines += ["", "## Files", "", "| file | format | outputs | batch | largest abs. difference | classes agree |",
               "|---|---|---|---|---|---|"]
     for name, entry in card["files"].items():
         verified = entry["verification"]
+        agreement = "-" if verified["class_agreement"] is None else f"{verified['class_agreement']:.1%}"
         lines.append(f"| `{name}` | {entry['format']} ({verified['exporter']}) | {', '.join(entry['outputs'])} | "
                      f"{entry['batch']} | {verified['max_abs_diff']:.3g} (atol {verified['atol']:g}, "
-                     f"{verified['samples']} samples) | {verified['class_agreement']:.1%} |")
+                     f"{verified['samples']} samples) | {agreement} |")
     lines += ["", "The config the model was trained with is in model_card.json (`config`).", ""]
     return "\n".join(lines)
 

@@ -100,6 +100,7 @@ def _quiet_tracer():
     whether the traced graph computes what the model does, in one line."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, and still what many load
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         yield
 

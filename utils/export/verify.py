@@ -6,6 +6,7 @@ the PyTorch model; only a file within the tolerance is renamed to its name, any 
 """
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ def load_exported(path: Path, fmt: str):
         return OnnxModel(path)
     if fmt == "exported":
         return torch.export.load(str(path)).module()
-    return torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation
+        return torch.jit.load(str(path), map_location="cpu")
 
 
 def _batches(samples: torch.Tensor, size: int, fixed: bool) -> list[tuple[torch.Tensor, int]]:
@@ -42,7 +45,7 @@ def compare(reference, exported, samples: torch.Tensor, batch_sizes: list[int], 
     """Run both models on ``samples`` at each batch size: the largest absolute difference over every
     output, and the share of samples whose predicted class (the argmax of each output of more than
     one column) is the same."""
-    max_diff, agree, compared = 0.0, 0, 0
+    max_diff, agree, compared, has_classes = 0.0, 0, 0, False
     for size in batch_sizes:
         for batch, rows in _batches(samples, size, fixed):
             expected, actual = run_outputs(reference, batch), run_outputs(exported, batch)
@@ -58,8 +61,15 @@ def compare(reference, exported, samples: torch.Tensor, batch_sizes: list[int], 
                     max_diff = float("inf")
                 if e.dim() == 2 and e.shape[1] > 1:
                     same &= e.argmax(dim=1) == a.argmax(dim=1)
+                    has_classes = True
             agree, compared = agree + int(same.sum()), compared + rows
-    return {"max_abs_diff": max_diff, "class_agreement": agree / max(compared, 1)}
+    # One value per sample (regression) has no class to compare.
+    return {"max_abs_diff": max_diff, "class_agreement": agree / max(compared, 1) if has_classes else None}
+
+
+def _agreement(report: dict, separator: str) -> str:
+    agreement = report["class_agreement"]
+    return "" if agreement is None else f"{separator}predicted classes agree on {agreement:.1%}"
 
 
 def export_and_verify(module, samples: torch.Tensor, path: Path, fmt: str, batch: int | None, atol: float,
@@ -89,14 +99,14 @@ def export_and_verify(module, samples: torch.Tensor, path: Path, fmt: str, batch
             problem = report.get("problem") or (f"largest absolute difference {report['max_abs_diff']:.3g} > "
                                                 f"--atol {atol:g}")
             raise CheckpointError(where, f"the exported {fmt} model does not compute what the PyTorch model does on "
-                                         f"{len(samples)} samples ({problem}; predicted classes agree on "
-                                         f"{report['class_agreement']:.1%}); nothing was written")
+                                         f"{len(samples)} samples ({problem}{_agreement(report, '; ')}); nothing "
+                                         "was written")
         if fmt == "onnx":
             report["opset"] = onnx_opset(temp)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-    logger.info("verified %s (%s): %d samples at batch sizes %s, largest absolute difference %.3g, "
-                "predicted classes agree on %.1f%%", path, exporter, len(samples),
-                ", ".join(map(str, report["batch_sizes"])), report["max_abs_diff"], 100 * report["class_agreement"])
+    logger.info("verified %s (%s): %d samples at batch sizes %s, largest absolute difference %.3g%s", path, exporter,
+                len(samples), ", ".join(map(str, report["batch_sizes"])), report["max_abs_diff"],
+                _agreement(report, ", "))
     return report
