@@ -107,11 +107,16 @@ def main(argv: list[str] | None = None) -> None:
     target = Path(args.resume)
     path = best_or_last(target) if target.is_dir() else target
     if not path.is_file():
-        raise CheckpointError(str(target), "no such checkpoint file or run directory")
+        what = ("holds no model_best.pth or last.pth (of a k-fold run, export one fold's: fold_0/ ...)"
+                if target.is_dir() else "no such checkpoint file or run directory")
+        raise CheckpointError(str(target), what)
     checkpoint = load_checkpoint(path)
     config = ConfigParser(checkpoint["config"], modification=parse_overrides(args.overrides))
     setup_logging(None, config["trainer"]["verbosity"])
     out = Path(args.out) if args.out else path.parent / f"model{FORMATS[args.format]}"
+    if out.suffix in FORMATS.values() and out.suffix != FORMATS[args.format]:
+        raise ConfigError("--out", f"{out.name} names a file of another format: --format {args.format} writes "
+                                   f"{FORMATS[args.format]} files")
 
     torch.manual_seed(0)  # the exporters' own random inputs, if any, are the same every time
     model = load_model(config, checkpoint, path, torch.device("cpu"), own_arch=True, use_ema=not args.no_ema)
