@@ -23,15 +23,17 @@ logger = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".pt"}
 INPUT_NAME = "input"
 # "aten::fft_rfft2", "aten.linalg_eig.default", "torchvision::nms": the operator an exporter names.
+_UNSUPPORTED = re.compile(r"unsupported|not supported|not implemented|no (?:onnx )?(?:function|decomposition|symbolic)"
+                          r"|missing onnx function|cannot be (?:exported|converted)", re.IGNORECASE)
 _OPERATOR = re.compile(r"\b((?:aten|prim|torchvision|quantized)(?:::|\.)[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)?)")
 
 
 def failed_operator(error: BaseException) -> str | None:
-    """The operator an export error names (searched through its chain of causes), or None."""
+    """The operator an export error says is unsupported (searched through its chain of causes), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        found = _OPERATOR.search(str(error))
+        found = _OPERATOR.search(str(error)) if _UNSUPPORTED.search(str(error)) else None
         if found:
             return found.group(1)
         error = error.__cause__ or error.__context__
@@ -44,7 +46,7 @@ def _brief(error: BaseException) -> str:
     return text[:200] or type(error).__name__
 
 
-def export_error(fmt: str, module, error: BaseException) -> ConfigError:
+def export_error(fmt: str, module: torch.nn.Module, error: BaseException) -> ConfigError:
     """One line for a model that cannot be exported: the operator when the exporter names it."""
     operator = failed_operator(error)
     what = f"operator {operator} cannot be exported" if operator else f"the exporter failed: {_brief(error)}"
@@ -109,7 +111,8 @@ def _batch_dim(dynamic_batch: bool):
     return ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
 
 
-def export_onnx(module, example: torch.Tensor, path: Path, dynamic_batch: bool, opset: int | None) -> str:
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool,
+                opset: int | None) -> str:
     """Write ``path`` with torch.onnx's dynamo exporter, or where that fails, its TorchScript-based one.
 
     Returns the name of the exporter that wrote the file.
@@ -137,7 +140,7 @@ def export_onnx(module, example: torch.Tensor, path: Path, dynamic_batch: bool, 
     return "torch.onnx TorchScript-based"
 
 
-def export_program(module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> str:
+def export_program(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> str:
     """Write ``path`` with torch.export.export and torch.export.save (a .pt2 program)."""
     try:
         with _quiet_exporter_logs():
@@ -148,7 +151,7 @@ def export_program(module, example: torch.Tensor, path: Path, dynamic_batch: boo
     return "torch.export"
 
 
-def export_torchscript(module, example: torch.Tensor, path: Path) -> str:
+def export_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path) -> str:
     """Write ``path`` with torch.jit.trace (the branches the example takes) and torch.jit.save."""
     try:
         with _quiet_tracer():
@@ -159,7 +162,7 @@ def export_torchscript(module, example: torch.Tensor, path: Path) -> str:
     return "torch.jit.trace"
 
 
-def export_file(module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
+def export_file(module: torch.nn.Module, example: torch.Tensor, path: Path, fmt: str, dynamic_batch: bool,
                 opset: int | None = None) -> str:
     """Write the module to ``path`` in ``fmt`` (a key of FORMATS); returns the exporter used."""
     if fmt == "onnx":

@@ -7,6 +7,7 @@ the PyTorch model; only a file within the tolerance is renamed to its name, any 
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from utils.export.wrappers import OnnxModel, run_outputs
 logger = logging.getLogger(__name__)
 
 
-def load_exported(path: Path, fmt: str):
+def load_exported(path: Path, fmt: str) -> Callable[[torch.Tensor], object]:
     """The exported file loaded as a deployment loads it: a callable on a batch tensor."""
     if fmt == "onnx":
         return OnnxModel(path)
