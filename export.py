@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from config_parser import ConfigParser, parse_overrides
+from config_parser import ConfigParser
 from inference import load_model, test_loader
 from logger.logger import setup_logging
 from utils.checkpoint.files import best_or_last, load_checkpoint
 from utils.cli import ArgumentParser, run_cli
-from utils.config.components import build_transform, resolve, section_module
+from utils.config.components import build_transform, lookup_type, section_module
+from utils.config.overrides import parse_overrides
 from utils.errors import CheckpointError, ConfigError
 from utils.export.card import preprocessing, sha256_of, write_card
 from utils.export.exporters import FORMATS, INPUT_NAME
@@ -48,7 +49,7 @@ def verification_samples(config: ConfigParser, data: list[str] | None, count: in
 
 def model_card(config: ConfigParser, checkpoint: dict, path: Path, samples: torch.Tensor, use_ema: bool) -> dict:
     """What the card says about the model, whatever file it was exported to."""
-    dataset_class = resolve(section_module("dataset"), config["dataset"]["type"], "dataset.type")
+    dataset_class = lookup_type(section_module("dataset"), config["dataset"]["type"], "dataset.type")
     reads = (inspect.getdoc(dataset_class) or dataset_class.__name__).splitlines()[0]
     task = config["task"]
     has_ema = use_ema and bool(checkpoint.get("ema"))

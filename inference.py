@@ -17,15 +17,16 @@ import numpy as np
 import torch
 
 from base.metric_tracker import Scorer
-from config_parser import ConfigParser, parse_overrides
+from config_parser import ConfigParser
 from logger.logger import setup_logging
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
-from utils.cli import ArgumentParser, blame, run_cli
-from utils.config.components import build_transform, call, parameters, resolve, section_module
-from utils.errors import CheckpointError, ConfigError, DataError
+from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
+from utils.config.components import build_transform, call, lookup_type, parameters, section_module
+from utils.config.overrides import parse_overrides
+from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
 from utils.export.card import exported_checkpoint
 from utils.export.wrappers import OnnxModel
-from utils.predict import predict_to_csv, stop_on_signals
+from utils.predict import predict_to_csv
 from utils.recipe.ema import model_weights
 from utils.util import amp_dtype, prepare_device, read_json
 
@@ -55,7 +56,7 @@ def test_loader(config: ConfigParser, split: str):
     section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     args = {}
     if section == "dataset":
-        dataset_class = resolve(section_module("dataset"), config["dataset"]["type"], "dataset.type")
+        dataset_class = lookup_type(section_module("dataset"), config["dataset"]["type"], "dataset.type")
         if "train" not in parameters(dataset_class)[0]:
             raise ConfigError("inference.dataset", f"{dataset_class.__name__} has no 'train' argument: name the "
                                                    "test data in an \"inference\" section")
@@ -80,7 +81,7 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     if checkpoint["arch"] != arch["type"]:
         raise CheckpointError(str(path), f"holds a {checkpoint['arch']} model, but the config's arch is "
                                          f"{arch['type']}")
-    model = call(resolve(section_module("arch"), arch["type"], "arch.type"), "arch", **arch.get("args", {}))
+    model = call(lookup_type(section_module("arch"), arch["type"], "arch.type"), "arch", **arch.get("args", {}))
     load_model_weights(model, model_weights(checkpoint, use_ema), path)
     model = model.to(device)
     if config["trainer"]["channels_last"]:
@@ -99,7 +100,8 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
     labelled = dataset.targets is not None and len(dataset.targets) > 0 and bool(task.known_targets(
         torch.as_tensor(np.asarray([dataset.targets[int(i)] for i in indices], dtype=np.float64))).all())
     scorer = Scorer(config, task, loss_args) if labelled else None
-    with stop_on_signals(output), blame(data_section, "cannot predict on this data"):
+    stop = on_stop_signals(lambda signum: PredictionInterrupted(signum, output))  # and leave no partial file
+    with stop, blame(data_section, "cannot predict on this data"):
         predict_to_csv(output, models, loader, ids, device, task, classes, labelled=labelled,
                        on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
                        amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
               for checkpoint, path in zip(checkpoints, paths)]
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
-    task = config.init_obj("task")
+    task = config.task
     task.check_labels(dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if Path(args.resume[0]).is_dir():
         task.load_run(Path(args.resume[0]))  # what k-fold tuned on its OOF predictions (thresholds)

@@ -18,10 +18,10 @@ from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
 from utils import distributed as dist
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
-from utils.cli import CLI_OPTIONS, CliOption, interrupt_on_signals, run_cli
-from utils.data.class_weights import resolve_loss_args
+from utils.cli import CLI_OPTIONS, CliOption, on_stop_signals, run_cli
+from utils.data.class_weights import loss_args_from_data
 from utils.data.splits import describe_folds, group_folds
-from utils.errors import ConfigError
+from utils.errors import ConfigError, TrainingInterrupted
 from utils.predict import write_held_out_predictions
 from utils.recipe.ema import model_weights
 from utils.seeding import configure_determinism, seed_everything
@@ -123,11 +123,11 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
                     .assign(fold=row["fold"]) for row in rows)
     oof = oof_columns(oof.sort_values("id", kind="stable"), train_dataset, config["kfold"]["group"])
     oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
-    task = config.init_obj("task")
+    task = config.task
     outputs, targets = task.outputs_from_table(oof)
     task.fit_oof(outputs, targets, config.run_dir)  # MultiLabel: per-label thresholds, oof_thresholds.json
     # "balanced" class weights of the out-of-fold loss: from all the training data the folds share out.
-    loss_args = resolve_loss_args(config, train_dataset, np.arange(len(train_dataset)),
+    loss_args = loss_args_from_data(config, train_dataset, np.arange(len(train_dataset)),
                                   config["arch"]["args"].get("num_classes") or train_dataset.num_classes)
     oof_metrics = {f"oof_{key}": value for key, value in score(config, outputs, targets, task, loss_args).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train_dataset = config.init_obj("dataset")
     options = config["kfold"]
-    task = config.init_obj("task")
+    task = config.task
     labels = None if train_dataset.targets is None else task.stratify_labels(train_dataset.targets, options["n_bins"])
     groups = getattr(train_dataset, "groups", None) if options["group"] else None
     folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.
-    with interrupt_on_signals(f"python kfold_train.py -r {config.run_dir}"):
+    with on_stop_signals(lambda signum: TrainingInterrupted(signum, f"python kfold_train.py -r {config.run_dir}")):
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
             if result_file.is_file():

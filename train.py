@@ -8,14 +8,14 @@ import math
 
 import torch
 
+from base import BaseTrainer
 from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
-from trainer.trainer import Trainer
 from utils import distributed as dist
-from utils.checkpoint.files import load_checkpoint, read_resume_checkpoint
+from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
-from utils.data.class_weights import resolve_loss_args
+from utils.data.class_weights import loss_args_from_data
 from utils.errors import ConfigError
 from utils.recipe.param_groups import build_optimizer
 from utils.recipe.schedulers import build_lr_scheduler
@@ -32,7 +32,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
-    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
+    task = config.task  # what the targets mean: it checks them and adapts the loss and metrics
     task.check_labels(data_loader.dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
@@ -40,7 +40,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
         device, device_ids = prepare_device(config["n_gpu"])
 
     # "balanced" class weights come from the training split; the checkpoint keeps them (loss_args).
-    loss_args = resolve_loss_args(config, data_loader.dataset, data_loader.train_indices,
+    loss_args = loss_args_from_data(config, data_loader.dataset, data_loader.train_indices,
                                   config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
     criterion = task.wrap_loss(config.init_ftn("loss", **loss_args))
     metrics = task.wrap_metrics(config.init_metrics())
@@ -55,8 +55,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     trainer.loss_args = loss_args
     # Continuing a run, or starting one from another run's weights: one explicit step each.
     if config.resume is not None:
-        path, checkpoint = read_resume_checkpoint(config.resume)
-        trainer.resume(checkpoint, path)
+        trainer.resume(config.resume_point())
     elif config.finetune is not None:
         trainer.load_weights(load_checkpoint(config.finetune), config.finetune)
     return trainer
@@ -74,7 +73,7 @@ def check_one_batch(trainer) -> torch.Tensor:
     model.eval()
     data, target = to_device(data, trainer.device), trainer.task.prepare_target(to_device(target, trainer.device))
     with torch.no_grad():
-        if type(trainer)._valid_step is not Trainer._valid_step:  # a custom step: check it as it is
+        if not same_code(type(trainer)._valid_step, BaseTrainer._valid_step):  # a custom step: check it as it is
             with blame("trainer.type", f"{type(trainer).__name__}._valid_step fails on a batch"):
                 loss, output = trainer._valid_step(data, target)
         else:
@@ -92,6 +91,12 @@ def check_one_batch(trainer) -> torch.Tensor:
                 trainer.criterion(output, trainer.mixup(data, target, 1, 0)[1])
     model.train(was_training)
     return data
+
+
+def same_code(method, reference) -> bool:
+    """True when ``method`` computes what ``reference`` does (the same bytecode; docstrings aside)."""
+    code, other = method.__code__, reference.__code__
+    return code.co_code == other.co_code and code.co_names == other.co_names
 
 
 def check_log_probabilities(config: ConfigParser, output) -> None:

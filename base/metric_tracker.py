@@ -135,7 +135,7 @@ class Scorer:
     """
 
     def __init__(self, config, task=None, loss_args: dict | None = None):
-        task = task if task is not None else config.init_obj("task")
+        task = task if task is not None else config.task
         self.tracker = MetricTracker(task.wrap_metrics(config.init_metrics()))
         self.criterion = task.wrap_loss(config.init_ftn("loss", **(loss_args or {})))
 

@@ -1,4 +1,4 @@
-"""Grouped splits, the balanced sampler, "balanced" class weights and the class-balance report (issue 15),
+"""Grouped splits, the balanced sampler, "balanced" class weights and the class-balance report,
 checked against scikit-learn's splitters and compute_class_weight."""
 import copy
 import json

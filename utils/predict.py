@@ -3,7 +3,7 @@
 The CSV is written batch by batch to a temporary file that is renamed at the end: memory stays flat
 in the number of samples, and an interrupted run leaves no partial file (an older file of the same
 name is left as it was, and the message says it is not this run's). What the columns are is the
-task's business (``task.predictions_table``): SPEC section 4 for classification.
+task's business (``task.predictions_table``): for classification ``id, prediction, target, prob_0...``.
 """
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -12,8 +12,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils.cli import on_stop_signals
-from utils.errors import PredictionInterrupted
 from utils.util import autocast, to_device
 
 
@@ -136,12 +134,3 @@ def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader,
         ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
         write_predictions(path, task, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
                           dataset.classes)
-
-
-def stop_on_signals(output: str | Path):
-    """Ctrl-C and SIGTERM stop the prediction at once with one line (exit 130 / 143), leaving no partial file."""
-
-    def stop(signum):
-        raise PredictionInterrupted(signum, output)
-
-    return on_stop_signals(stop)

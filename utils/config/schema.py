@@ -3,11 +3,13 @@
 ``validate(config)`` checks a config against this schema before anything is built and returns it
 with the defaults filled in. Keys that start with "_" are comments and are ignored.
 """
-from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component are used from here too)
+import copy
+
+from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component_shape are used from here too)
     NONE,
     REQUIRED,
     Field,
-    check_component,
+    check_component_shape,
     check_section,
     did_you_mean,
     fraction,
@@ -126,6 +128,23 @@ TOP_LEVEL = {
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
 
 
+def with_defaults(config):
+    """A copy of ``config`` with the defaults of missing keys filled in, nothing checked: what
+    command-line overrides are applied to, so that they can reach a key the file leaves out."""
+    if not isinstance(config, dict):
+        return config
+    filled = copy.deepcopy(config)
+    sections = {"": TOP_LEVEL, **SECTIONS, "optimizer": OPTIMIZER, "lr_scheduler": LR_SCHEDULER}
+    for name, schema in sections.items():
+        node = filled if not name else filled.get(name)
+        if not isinstance(node, dict):
+            continue
+        for key, field in schema.items():
+            if key not in node and field.default is not REQUIRED:
+                node[key] = copy.deepcopy(field.default)
+    return filled
+
+
 def validate(config) -> dict:
     """Check the whole config before anything is built; returns it with defaults filled in."""
     if not isinstance(config, dict):
@@ -135,37 +154,37 @@ def validate(config) -> dict:
     for name, schema in SECTIONS.items():
         resolved[name] = check_section(name, resolved[name], schema)
     for name in COMPONENT_SECTIONS:
-        check_component(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
+        check_component_shape(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
     _check_training_recipe(resolved)
     if not isinstance(resolved["loss"], str):
-        check_component("loss", resolved["loss"])
+        check_component_shape("loss", resolved["loss"])
     for i, entry in enumerate(resolved["metrics"]):
         if not isinstance(entry, str):
-            check_component(f"metrics.{i}", entry, extra_keys=("name",))
+            check_component_shape(f"metrics.{i}", entry, extra_keys=("name",))
     for key in ("dataset", "data_loader"):
         if resolved["inference"][key] is not None:
-            check_component(f"inference.{key}", resolved["inference"][key])
+            check_component_shape(f"inference.{key}", resolved["inference"][key])
     for i, entry in enumerate(resolved["inference"]["tta"]):
-        check_component(f"inference.tta.{i}", entry)
+        check_component_shape(f"inference.tta.{i}", entry)
     if isinstance(resolved["task"], str):  # a bare name: {"type": NAME}
         resolved["task"] = {"type": resolved["task"], "args": {}}
-    check_component("task", resolved["task"])
+    check_component_shape("task", resolved["task"])
     for key in ("sampler", "pruner"):
         if resolved["tune"][key] is not None:
-            check_component(f"tune.{key}", resolved["tune"][key])
+            check_component_shape(f"tune.{key}", resolved["tune"][key])
     _check_metric_names(resolved)
     return resolved
 
 
 def _with_extras(where: str, spec: dict, schema: dict) -> dict:
     """A component section with extra keys beside type and args: checked, defaults filled in."""
-    check_component(where, spec, extra_keys=tuple(schema))
+    check_component_shape(where, spec, extra_keys=tuple(schema))
     extras = check_section(where, {k: v for k, v in spec.items() if k in schema}, schema)
     return {k: v for k, v in spec.items() if k not in schema} | extras
 
 
 def _check_training_recipe(resolved: dict) -> None:
-    """The optimizer, scheduler, EMA and MixUp settings (issue 16's fine-tuning recipe)."""
+    """The optimizer, scheduler, EMA and MixUp settings of the fine-tuning recipe."""
     resolved["optimizer"] = _with_extras("optimizer", resolved["optimizer"], OPTIMIZER)
     trainer = resolved["trainer"]
     for key, schema in (("ema", EMA), ("mixup", MIXUP)):
