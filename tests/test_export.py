@@ -234,3 +234,19 @@ def test_a_multihead_model_exports_one_probability_output_per_head(tmp_path):
     for name, columns in zip(outputs, (slice(0, 3), slice(3, 5), slice(5, 8))):
         assert np.allclose(outputs[name].sum(axis=1), 1, atol=1e-5)
         assert np.abs(outputs[name] - torch.softmax(logits[:, columns], dim=1).numpy()).max() < 1e-5
+
+
+def test_multilabel_and_regression_outputs_of_postprocess(tmp_path):
+    from model.model import MLP
+    from model.task import MultiLabel, Regression
+    from utils.export.verify import export_and_verify
+    from utils.export.wrappers import ExportedOutputs
+
+    torch.manual_seed(0)
+    model, inputs = MLP(in_features=4, num_classes=3, hidden=[8]).eval(), torch.randn(6, 4)
+    for task, name, expected in ((MultiLabel(), "probabilities", torch.sigmoid(model(inputs))),
+                                 (Regression(), "prediction", model(inputs))):
+        out = tmp_path / f"{name}.onnx"
+        export_and_verify(ExportedOutputs(model, task, inputs).eval(), inputs, out, "onnx", None, 1e-4)
+        assert list(onnx_outputs(out, inputs)) == [name]
+        assert np.abs(onnx_outputs(out, inputs)[name] - expected.detach().numpy()).max() < 1e-5
