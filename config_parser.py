@@ -110,12 +110,11 @@ class ConfigParser:
                 parsed.record_resume(None, changes)
         elif point is not None:
             point.compare(parsed.config)
-        elif resume:  # read the checkpoint now: a change resuming cannot honour stops before anything is built
-            parsed.resume_point()
         return parsed
 
     def resume_point(self) -> ResumePoint | None:
-        """The checkpoint ``-r`` continues from, read and verified once (None for a new run)."""
+        """The checkpoint ``-r`` continues from, read and verified once (None for a new run); its config
+        compared with this one, so that a change resuming cannot honour stops here."""
         if self._resume_point is None and self.resume is not None:
             self._resume_point = ResumePoint.read(self.resume)
             self._resume_point.compare(self._config)

@@ -19,6 +19,7 @@ import torch
 from base.metric_tracker import Scorer
 from config_parser import ConfigParser
 from logger.logger import setup_logging
+from utils.analysis.temperature import TemperatureScaled, load_temperature
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, lookup_type, parameters, section_module
@@ -89,6 +90,18 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     return model
 
 
+def calibrated(models: list, config: ConfigParser, resume: list[str], paths: list[Path]) -> list:
+    """The models with their logits divided by the temperature analyze.py saved with the run
+    (calibration.json), for one classification run or k-fold run; else the models as they are."""
+    if len(resume) != 1 or config["task"]["type"] != "Classification":
+        return models
+    temperature = load_temperature(Path(resume[0]) if Path(resume[0]).is_dir() else paths[0].parent)
+    if temperature is None:
+        return models
+    logger.info("calibrated: logits divided by the temperature %.4g of calibration.json", temperature)
+    return [TemperatureScaled(model, temperature) for model in models]
+
+
 def predict_and_score(config: ConfigParser, task, models: list, loader, dataset, output: Path, classes, device,
                       loss_args: dict | None = None) -> None:
     """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
@@ -123,6 +136,8 @@ def command_line() -> ArgumentParser:
     parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--no-ema", action="store_true",
                         help="predict with the model's own weights, not the EMA weights of a trainer.ema run")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore the run's calibration.json (the temperature analyze.py fitted)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value")
     return parser
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     models = [OnnxModel(path) if path.suffix == ".onnx" else load_model(config, checkpoint, path, device, own_arch,
                                                                          use_ema=not args.no_ema)
               for checkpoint, path in zip(checkpoints, paths)]
+    if not args.no_calibration:
+        models = calibrated(models, config, args.resume, paths)
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
     task = config.task

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ConfigParser.from_args(command_line(), argv=argv)
     dist.init_distributed()
     setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())  # console until the run starts
+    config.resume_point()  # with -r: the checkpoint read, and a change resuming cannot honour refused, first
     seed_everything(config["seed"])
     configure_determinism(config["deterministic"])
 

@@ -28,6 +28,7 @@ from utils.cli import (
 )
 from utils.config.components import section_module
 from utils.config.schema import check_path_part
+from utils.data.splits import describe_folds
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.seeding import configure_determinism, seed_everything
 from utils.tune.report import write_hparams, write_results
@@ -138,16 +139,16 @@ class TrialRunner:
 
     def _train_kfold(self, config: ConfigParser, reporter: Reporter) -> float:
         """kfold_train.py's folds; the running mean of the folds' best values is reported after each fold."""
-        from kfold_train import check_same_folds, make_folds, run_fold, summarize
+        from kfold_train import build_folds, check_same_folds, run_fold, summarize
 
         seed_everything(config["seed"])
         configure_determinism(config["deterministic"])
         train_dataset = config.init_obj("dataset", section_module("dataset"))
-        options = config["kfold"]
-        folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
-                           options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
+        folds, groups = build_folds(config, train_dataset)
         check_same_folds(config, folds)
         config.start_run()
+        if groups is not None:
+            logger.info(describe_folds(folds, groups, config["kfold"]["stratified"]))
         rows = []
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"

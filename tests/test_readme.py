@@ -11,6 +11,7 @@ import shlex
 
 import pytest
 
+import analyze
 import export
 import inference
 import kfold_train
@@ -19,7 +20,7 @@ import tune
 from tests.conftest import REPO
 
 SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune,
-           "export.py": export}
+           "analyze.py": analyze, "export.py": export}
 
 
 def manual_text() -> str:
@@ -71,7 +72,7 @@ def test_readme_command(command, tmp_path, capsys):
             continue
         SCRIPTS[script].command_line().parse_intermixed_args(argv)
         uses_a_run = {"-r", "--resume", "--finetune"} & set(argv)
-        if script != "inference.py" and not uses_a_run:
+        if script not in ("inference.py", "analyze.py") and not uses_a_run:
             SCRIPTS[script].main([*argv, "--dry-run", f"trainer.save_dir={tmp_path}"])
             assert "dry run" in capsys.readouterr().out
             assert not any(tmp_path.iterdir())

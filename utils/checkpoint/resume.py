@@ -27,6 +27,7 @@ FIXED_ON_RESUME = {
     "data_loader.args.validation_split": "the split into training and validation samples",
     "data_loader.args.split_seed": "the split into training and validation samples",
     "data_loader.args.stratify": "the split into training and validation samples",
+    "data_loader.args.group_split": "the split into training and validation samples",
     "lr_scheduler.type": "the scheduler whose state the checkpoint holds",
 }
 
