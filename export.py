@@ -19,7 +19,7 @@ from config_parser import ConfigParser
 from inference import load_model, test_loader
 from logger.logger import setup_logging
 from utils.checkpoint.files import best_or_last, load_checkpoint
-from utils.cli import ArgumentParser, run_cli
+from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, lookup_type, section_module
 from utils.config.overrides import parse_overrides
 from utils.errors import CheckpointError, ConfigError
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(config, checkpoint, path, torch.device("cpu"), own_arch=True, use_ema=not args.no_ema)
     model = model.to(memory_format=torch.contiguous_format).eval()
     samples = verification_samples(config, args.data, args.samples)
+    with torch.no_grad(), blame("--data" if args.data else "dataset", "the model cannot take these samples"):
+        model(samples[:2])
     module = ExportedOutputs(model, config.init_obj("task") if args.postprocess else None, samples).eval()
     logger.info("exporting %s (%s weights of %s) to %s", config["arch"]["type"],
                 "EMA" if checkpoint.get("ema") and not args.no_ema else "the model's", path, out)
