@@ -92,6 +92,15 @@ def command_line() -> ArgumentParser:
     return parser
 
 
+def check_opset(opset: int | None) -> None:
+    """An opset the installed onnx knows, and one the exporters write (the TorchScript-based one from 7)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not 7 <= opset <= newest:
+        raise ConfigError("--opset", f"must lie in [7, {newest}] (the installed onnx's newest), got {opset}")
+
+
 def parse_batch(value: str) -> int | None:
     if value == "dynamic":
         return None
@@ -103,6 +112,8 @@ def parse_batch(value: str) -> int | None:
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_intermixed_args(argv)
     batch = parse_batch(args.batch)
+    if args.format == "onnx":
+        check_opset(args.opset)
     if args.samples < 1 or not args.atol >= 0:
         raise ConfigError("--samples" if args.samples < 1 else "--atol", "must be positive")
     target = Path(args.resume)

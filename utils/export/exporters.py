@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".pt"}
 INPUT_NAME = "input"
+DYNAMO_MIN_OPSET = 18
 # "aten::fft_rfft2", "aten.linalg_eig.default", "torchvision::nms": the operator an exporter names.
 _UNSUPPORTED = re.compile(r"unsupported|not supported|not implemented|no (?:onnx )?(?:function|decomposition|symbolic)"
                           r"|missing onnx function|cannot be (?:exported|converted)", re.IGNORECASE)
@@ -118,11 +119,14 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, dyna
     Returns the name of the exporter that wrote the file.
     """
     names = module.output_names
+    if opset is not None and opset < DYNAMO_MIN_OPSET:
+        logger.info("opset %d is older than the dynamo exporter writes (%d and newer): using the TorchScript-based "
+                    "exporter", opset, DYNAMO_MIN_OPSET)
+        return _export_onnx_torchscript(module, example, path, dynamic_batch, opset)
     try:
         with _quiet_exporter_logs():
             torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                              output_names=names,
-                              dynamic_shapes=_batch_dim(dynamic_batch), opset_version=opset,
+                              output_names=names, dynamic_shapes=_batch_dim(dynamic_batch), opset_version=opset,
                               external_data=False, verbose=False, report=False)
         return "torch.onnx dynamo"
     except Exception as error:  # noqa: BLE001 - any failure of the new exporter gets the older one's try
@@ -130,6 +134,12 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, dyna
         logger.warning("the dynamo ONNX exporter failed (%s); trying the TorchScript-based exporter",
                        f"operator {operator}" if operator else _brief(error))
         path.unlink(missing_ok=True)
+    return _export_onnx_torchscript(module, example, path, dynamic_batch, opset)
+
+
+def _export_onnx_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool,
+                             opset: int | None) -> str:
+    names = module.output_names
     axes = {name: {0: "batch"} for name in [INPUT_NAME, *names]} if dynamic_batch else None
     try:
         with _quiet_tracer(), _native_output_to_debug_log():
