@@ -144,15 +144,18 @@ def test_torch_export_and_torchscript_files_compute_what_the_model_does(onnx_exp
     assert json.loads((tmp_path / "model_card.json").read_text())["files"][out.name]["format"] == fmt
 
 
-def test_a_fixed_batch_export_verified_on_data_files(onnx_export, ema_run, tmp_path):
+def test_a_fixed_batch_opset_13_export_verified_on_data_files(onnx_export, ema_run, tmp_path):
     _, checkpoint = onnx_export
     inputs = digits_inputs(6)
     np.save(tmp_path / "inputs.npy", inputs.numpy())
     out = tmp_path / "fixed" / "model.onnx"
     result = run_in_process("export.py", "--resume", str(ema_run), "--batch", "4", "--data",
-                            str(tmp_path / "inputs.npy"), "--out", str(out), check=True)
+                            str(tmp_path / "inputs.npy"), "--out", str(out), "--opset", "13", check=True)
     assert "6 samples at batch sizes 4," in result.stdout  # a full batch and one filled up with repeats
+    import onnx
     import onnxruntime
+
+    assert [entry.version for entry in onnx.load(str(out)).opset_import if entry.domain == ""] == [13]
 
     assert onnxruntime.InferenceSession(str(out)).get_inputs()[0].shape == [4, 1, 8, 8]
     (logits,) = onnx_outputs(out, inputs[:4]).values()
