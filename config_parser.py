@@ -196,7 +196,8 @@ class ConfigParser:
         but it must be the section's own module: the table is the one place that says where names live.
         """
         parts = name.split(".")
-        section = parts[1] if parts[0] == "inference" else parts[0]  # "metrics.0" is a "metrics" entry
+        # "metrics.0" is a "metrics" entry; "inference.dataset" and "pseudo_labels.dataset" are datasets
+        section = parts[1] if parts[0] in ("inference", "pseudo_labels") else parts[0]
         table_module = components.section_module(section)
         if module is not None and module is not table_module:
             raise ValueError(f"{name} is looked up in {table_module.__name__}, not {module.__name__}")

@@ -4,6 +4,7 @@
     python inference.py --resume saved/Digits_ResNet/20261127_120000       # a k-fold run: all folds
     python inference.py --resume a.pth --resume b.pth --output submission/predictions.csv
     python inference.py --resume saved/Digits_ResNet/20261127_101500/model.onnx   # export.py's ONNX model
+    python inference.py --resume saved/Digits_ResNet/20261127_120000 --probabilities   # id + prob_* only
 
 The config is read from the (first) checkpoint; ``-c`` and KEY.PATH=VALUE change it. The data is the
 config's test data: the "inference" section's dataset if there is one, else the "dataset" section
@@ -103,9 +104,10 @@ def calibrated(models: list, config: ConfigParser, resume: list[str], paths: lis
 
 
 def predict_and_score(config: ConfigParser, task, models: list, loader, dataset, output: Path, classes, device,
-                      loss_args: dict | None = None) -> None:
+                      loss_args: dict | None = None, probabilities_only: bool = False) -> None:
     """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
-    (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with)."""
+    (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with).
+    ``probabilities_only``: write ``id`` and the soft labels only (``--probabilities``)."""
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
@@ -118,7 +120,7 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
         predict_to_csv(output, models, loader, ids, device, task, classes, labelled=labelled,
                        on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
                        amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,
-                       channels_last=config["trainer"]["channels_last"])
+                       channels_last=config["trainer"]["channels_last"], probabilities_only=probabilities_only)
     logger.info("wrote %s", output)
     if scorer is not None:
         logger.info("  ".join(f"{key} {value:.6f}" for key, value in scorer.result().items()))
@@ -131,6 +133,9 @@ def command_line() -> ArgumentParser:
                              "model; repeat to ensemble")
     parser.add_argument("-c", "--config", help="config file (default: the one stored in the checkpoint)")
     parser.add_argument("-o", "--output", help="predictions CSV (default: predictions.csv beside the checkpoint)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="write only id and the soft labels (prob_* columns; a regression's predictions), "
+                             "e.g. as a distillation teacher or for pseudo-labels (default: probabilities.csv)")
     parser.add_argument("--split", choices=["test", "valid"], help="sets inference.split")
     parser.add_argument("--bs", "--batch_size", type=int, help="batch size (sets data_loader.args.batch_size)")
     parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
@@ -162,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     if config["inference"]["split"] == "valid" and len(paths) > 1:
         raise ConfigError("--split valid", "scores the validation split of one run; the out-of-fold predictions "
                                            "of a k-fold run are in its oof_predictions.csv")
-    output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
+    output = Path(args.output or config["inference"]["output"]
+                  or _default_output(Path(args.resume[0]), args.probabilities))
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
@@ -189,11 +195,13 @@ def main(argv: list[str] | None = None) -> None:
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
-    predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"))
+    predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"),
+                      probabilities_only=args.probabilities)
 
 
-def _default_output(resume: Path) -> Path:
-    return (resume.parent if resume.is_file() else resume) / "predictions.csv"
+def _default_output(resume: Path, probabilities: bool = False) -> Path:
+    name = "probabilities.csv" if probabilities else "predictions.csv"
+    return (resume.parent if resume.is_file() else resume) / name
 
 
 if __name__ == "__main__":

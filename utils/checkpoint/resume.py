@@ -29,6 +29,8 @@ FIXED_ON_RESUME = {
     "data_loader.args.stratify": "the split into training and validation samples",
     "data_loader.args.group_split": "the split into training and validation samples",
     "lr_scheduler.type": "the scheduler whose state the checkpoint holds",
+    "loss.args.teacher": "the teacher's soft labels the finished epochs learned from",
+    "pseudo_labels": "the pseudo-labelled samples the finished epochs trained on",
 }
 
 
