@@ -32,6 +32,15 @@ class Sabotage(NamedTuple):
 
 
 SABOTAGES = [
+    Sabotage("export the raw weights of an EMA run", "export.py",
+             "use_ema=not args.no_ema)", "use_ema=False)",
+             ["tests/test_export.py::test_the_onnx_model_computes_what_the_ema_model_does"]),
+    Sabotage("keep an export that fails verification", "utils/export/verify.py",
+             'if not report["max_abs_diff"] <= atol:', "if False:",
+             ["tests/test_export.py::test_a_model_that_exports_differently_fails_verification_and_leaves_no_file"]),
+    Sabotage("model card normalisation from the training transform", "utils/export/card.py",
+             'steps = args.get("eval_transform") or []', 'steps = args.get("train_transform") or []',
+             ["tests/test_export.py::test_the_model_card_holds_the_configs_preprocessing_and_the_checkpoints_hash"]),
     Sabotage("skip the epoch scheduler step", "utils/recipe/schedulers.py",
              "    else:\n        lr_scheduler.step()",
              "    else:\n        pass",

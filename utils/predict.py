@@ -158,7 +158,7 @@ def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader,
                           dataset.classes)
 
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin", ".onnx", ".pt2")
 
 
 def check_output_path(path: Path, where: str = "--output") -> None:
