@@ -137,7 +137,12 @@ def check_class_weights(config: dict, num_classes: int | None) -> None:
     for name in WEIGHT_ARGS:
         value = args.get(name)
         where = f"loss.args.{name}"
-        if value is None or value == "balanced" or (name == "alpha" and _is_number(value)):
+        if value is None or value == "balanced":
+            continue
+        if _is_number(value):  # one weight for all (focal loss's alpha, a custom loss's weight)
+            if value < 0:
+                raise ConfigError(where, f"must be 0 or more (a negative weight drives the loss below 0), got "
+                                         f"{value!r}")
             continue
         if not isinstance(value, list) or not value:
             raise ConfigError(where, f"must be a list of numbers (one per class) or 'balanced', got {value!r}")
