@@ -142,6 +142,10 @@ BAD_SEARCHES = {
                                        "--storage: postgres://user@db/optuna: unknown database kind 'postgres' (did "
                                        "you mean 'postgresql'?); optuna takes e.g. sqlite:///study.db, "
                                        "postgresql://user@host/db, mysql://user@host/db"),
+    "a journal in a folder that does not exist": ({"optimizer.args.lr": {"type": "float", "low": 0.01, "high": 0.1}},
+                                                  ["--storage", "/nonexistent/study.journal"],
+                                                  "--storage: /nonexistent is not a folder (a journal file's folder "
+                                                  "must exist)"),
     "an in-memory database": ({"optimizer.args.lr": {"type": "float", "low": 0.01, "high": 0.1}},
                               ["--storage", "sqlite://"],
                               "--storage: sqlite:// is an in-memory database, which no other worker sees and which "
