@@ -4,6 +4,7 @@
 with the defaults filled in. Keys that start with "_" are comments and are ignored.
 """
 import copy
+import warnings
 
 from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component_shape are used from here too)
     NONE,
@@ -44,6 +45,15 @@ TRAINER = {
     "freeze_backbone_epochs": Field((int,), 0, non_negative),
     "ema": Field((dict, NONE), None),
     "mixup": Field((dict, NONE), None),
+    "save_top_k": Field((int,), 0, non_negative),
+    "average_top_k": Field((bool,), False),
+    "swa": Field((dict, NONE), None),
+}
+SWA = {
+    "start": Field((int, float), 0.75),
+    "lr": Field((float,), REQUIRED, positive),
+    "anneal_epochs": Field((int,), 2, non_negative),
+    "anneal_strategy": Field((str,), "cos", one_of("cos", "linear")),
 }
 EMA = {
     "decay": Field((float,), 0.9998, lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
@@ -187,9 +197,10 @@ def _check_training_recipe(resolved: dict) -> None:
     """The optimizer, scheduler, EMA and MixUp settings of the fine-tuning recipe."""
     resolved["optimizer"] = _with_extras("optimizer", resolved["optimizer"], OPTIMIZER)
     trainer = resolved["trainer"]
-    for key, schema in (("ema", EMA), ("mixup", MIXUP)):
+    for key, schema in (("ema", EMA), ("mixup", MIXUP), ("swa", SWA)):
         if trainer[key] is not None:
             trainer[key] = check_section(f"trainer.{key}", trainer[key], schema)
+    _check_averaging(trainer)
     if resolved["lr_scheduler"] is None:
         return
     scheduler = resolved["lr_scheduler"] = _with_extras("lr_scheduler", resolved["lr_scheduler"], LR_SCHEDULER)
@@ -204,6 +215,32 @@ def _check_training_recipe(resolved: dict) -> None:
     if scheduler["type"] in ("ReduceLROnPlateau", "ChainedScheduler"):
         raise ConfigError("lr_scheduler.warmup", f"torch's SequentialLR cannot put a warmup in front of a "
                                                  f"{scheduler['type']}; use another scheduler")
+
+
+def _check_averaging(trainer: dict) -> None:
+    """save_top_k, average_top_k and swa: what they need, and what they cannot be combined with."""
+    if trainer["save_top_k"] and trainer["monitor"] == "off":
+        raise ConfigError("trainer.save_top_k", 'ranks checkpoints by trainer.monitor, which is "off"')
+    if trainer["average_top_k"] and not trainer["save_top_k"]:
+        raise ConfigError("trainer.average_top_k", "averages the checkpoints of trainer.save_top_k: set it to 2 "
+                                                   "or more")
+    if trainer["average_top_k"] and trainer["save_top_k"] == 1:
+        warnings.warn("trainer.average_top_k with trainer.save_top_k 1 averages one checkpoint: its BatchNorm "
+                      "statistics are recomputed, nothing more", stacklevel=2)
+    if trainer["swa"] is not None:
+        _check_swa_start(trainer["swa"]["start"], trainer["epochs"])
+        if trainer["ema"] is not None:
+            raise ConfigError("trainer.swa", "and trainer.ema are two averages of the weights, and validation "
+                                             "scores one model: turn one of them off")
+
+
+def _check_swa_start(start, epochs: int) -> None:
+    """A start inside the run: a fraction in (0, 1), or an epoch number from 1 to ``epochs``."""
+    if isinstance(start, float) and not 0 < start < 1:
+        raise ConfigError("trainer.swa.start", f"a float is a fraction of the epochs, in (0, 1), got {start}; "
+                                               "an epoch number is an integer")
+    if isinstance(start, int) and not 1 <= start <= epochs:
+        raise ConfigError("trainer.swa.start", f"epoch {start} is not one of the run's {epochs} epochs")
 
 
 def metric_names(config: dict) -> list[str]:
