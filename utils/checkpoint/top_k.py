@@ -119,3 +119,26 @@ def average_top_k(trainer, epoch: int) -> dict:
     extra = {"averaged_epochs": [entry["epoch"] for entry in top.entries],
              "averaged_from": [entry["file"] for entry in top.entries]}
     return evaluate_average(trainer, model, epoch, trainer.run_dir / AVERAGED, extra)
+
+
+def best_weights(run_dir: Path, monitor: str) -> tuple[Path, dict]:
+    """The checkpoint of a finished run to predict with: model_best.pth (else last.pth), or the top-k or
+    SWA average (model_averaged.pth, model_swa.pth) where its validation scored better by ``monitor``."""
+    from utils.checkpoint.files import best_or_last
+
+    path = best_or_last(run_dir)
+    checkpoint = load_checkpoint(path)
+    if monitor == "off":
+        return path, checkpoint
+    mode, key = monitor.split()
+    best = checkpoint["monitor_best"]
+    for name in (AVERAGED, "model_swa.pth"):
+        candidate = run_dir / name
+        if not candidate.is_file():
+            continue
+        averaged = load_checkpoint(candidate)
+        value = averaged["metrics"].get(key)
+        if value is not None and (value < best if mode == "min" else value > best):
+            path, checkpoint, best = candidate, averaged, value
+            logger.info("%s scores %s %.6g, better than the best single checkpoint", name, key, value)
+    return path, checkpoint
