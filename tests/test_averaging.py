@@ -111,8 +111,8 @@ def test_the_script_averages_every_tensor_and_refuses_other_models(top_k_run, tm
         else:  # num_batches_tracked: the larger count
             assert tensor.item() == max(v.item() for v in values), key
 
-    other = load_checkpoint(files[0])
-    other["arch"], other["state_dict"] = "MLP", {"layer.weight": torch.zeros(2, 2)}
+    other = load_checkpoint(files[0])  # the same tensors, but saved by another model class
+    other["arch"], other["config"]["arch"]["type"] = "MLP", "MLP"
     save_checkpoint(other, tmp_path / "mlp.pth")
     fewer = load_checkpoint(files[0])
     fewer["state_dict"].pop(next(iter(fewer["state_dict"])))
@@ -134,3 +134,17 @@ def test_resuming_keeps_the_top_k_list(top_k_run, tmp_path):
     assert load_checkpoint(run / "last.pth")["top_k"] == load_checkpoint(top_k_run / "last.pth")["top_k"]
     resumed, reference = (load_checkpoint(r / "model_averaged.pth")["state_dict"] for r in (run, top_k_run))
     assert all(torch.equal(resumed[key], reference[key]) for key in reference)
+
+
+@pytest.mark.parametrize("changes, where", [
+    ({"trainer.save_top_k": -1}, "trainer.save_top_k"),
+    ({"trainer.save_top_k": 2, "trainer.monitor": "off"}, "trainer.save_top_k"),
+    ({"trainer.average_top_k": True}, "trainer.average_top_k"),
+    ({"trainer.swa": {"start": 2.0, "lr": 0.01}, "trainer.epochs": 1}, "trainer.swa.start"),
+    ({"trainer.swa": {"start": 2, "lr": 0.01}, "trainer.epochs": 1}, "trainer.swa.start"),
+    ({"trainer.swa": {"start": 0.5, "lr": 0.01}, "trainer.ema": {"decay": 0.9}}, "trainer.swa"),
+])
+def test_bad_averaging_settings_are_one_error_line(tmp_path, changes, where):
+    result = run_in_process("train.py", "-c", str(make_config(tmp_path, **changes)))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {where}: "), result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "saved").exists()
