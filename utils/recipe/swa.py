@@ -84,11 +84,8 @@ class Swa:
         if state["spec"] != self.spec:
             raise ConfigError("trainer.swa", f"cannot change once SWA has started (at epoch {state['start']}, "
                                              f"with {state['spec']}): keep it, or start a new run")
-        groups = [{k: v for k, v in group.items() if k != "params"} for group in trainer.optimizer.param_groups]
         self.start = state["start"]
-        self._activate(trainer)
-        for group, saved in zip(trainer.optimizer.param_groups, groups):
-            group.update(saved)  # SWALR's first step must not move the restored learning rates
+        self._activate(trainer)  # SWALR's first step leaves the restored rates as they are (it anneals from them)
         self.averaged.module.load_state_dict(state["state_dict"])
         self.averaged.n_averaged.fill_(state["n_averaged"])
         self.scheduler.load_state_dict(state["scheduler"])
