@@ -148,6 +148,18 @@ SABOTAGES = [
     Sabotage("swa resume restarts the average", "utils/recipe/swa.py",
              '        self.averaged.module.load_state_dict(state["state_dict"])', "        pass",
              ["tests/test_swa.py::test_swa_resume_after_sigterm_in_epoch_4_equals_the_uninterrupted_run"]),
+    Sabotage("lr finder leaves the trained weights", "utils/recipe/lr_finder.py",
+             "        trainer.raw_model.load_state_dict(saved[0])", "        pass",
+             ["tests/test_lr_finder.py::test_on_the_default_config_the_suggestion_is_a_usable_rate_and_the_model_is_untouched"]),
+    Sabotage("lr finder without bias correction", "utils/recipe/lr_finder.py",
+             "smoothed = average / (1 - beta ** (step + 1))", "smoothed = average",
+             ["tests/test_lr_finder.py::test_on_the_default_config_the_suggestion_is_a_usable_rate_and_the_model_is_untouched"]),
+    Sabotage("lr finder gives every group one rate", "utils/recipe/lr_finder.py",
+             'group["lr"] = lr * ratio', 'group["lr"] = lr',
+             ["tests/test_lr_finder.py::test_groups_keep_their_ratio_and_each_step_accumulates"]),
+    Sabotage("lr finder never stops on divergence", "utils/recipe/lr_finder.py",
+             "if not math.isfinite(smoothed) or smoothed > diverge * best:", "if False:",
+             ["tests/test_lr_finder.py::test_the_command_writes_the_curve_and_prints_the_override_but_no_run"]),
 ]
 
 
