@@ -160,6 +160,9 @@ SABOTAGES = [
     Sabotage("lr finder never stops on divergence", "utils/recipe/lr_finder.py",
              "if not math.isfinite(smoothed) or smoothed > diverge * best:", "if False:",
              ["tests/test_lr_finder.py::test_the_command_writes_the_curve_and_prints_the_override_but_no_run"]),
+    Sabotage("lr finder losses of one process", "utils/recipe/lr_finder.py",
+             "mean = dist.all_reduce_sum(torch.as_tensor(", "mean = (torch.as_tensor(",
+             ["tests/test_lr_finder.py::test_under_torchrun_the_processes_agree_with_one_process_at_the_same_global_batch"]),
 ]
 
 

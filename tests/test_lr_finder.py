@@ -80,3 +80,24 @@ def test_bad_range_test_arguments_are_one_error_line(tmp_path, args, where):
     result = run_in_process("train.py", "-c", str(make_config(tmp_path)), "--lr-find", *args)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {where}: "), result.stderr
     assert not Path(tmp_path / "saved").exists()
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_processes_agree_with_one_process_at_the_same_global_batch(tmp_path):
+    from tests.test_distributed import DDP_CONFIG, torchrun
+
+    args = ["--lr-find", "--lr-min", "1e-4", "--lr-max", "10", "--steps", "30"]
+    curves = {}
+    for name, run in (("ddp", torchrun), ("one", None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = make_config(folder, DDP_CONFIG, **({} if run else {"data_loader.args.batch_size": 16}))
+        result = (run("train.py", "-c", str(config), *args, check=True, timeout=240) if run
+                  else run_in_process("train.py", "-c", str(config), *args, check=True))
+        assert result.stdout.count("override: optimizer.args.lr=") == 1  # printed once, by rank 0
+        (curve,) = (folder / "saved" / "TinyIris" / "lr_find").glob("*.csv")
+        with open(curve, newline="") as file:
+            curves[name] = [float(row["loss"]) for row in csv.DictReader(file)]
+        curves[name + " suggestion"] = re.search(r"override: (\S+)", result.stdout).group(1)
+    assert curves["ddp"] == pytest.approx(curves["one"], rel=1e-5, abs=1e-6)
+    assert curves["ddp suggestion"] == curves["one suggestion"]
