@@ -163,6 +163,9 @@ SABOTAGES = [
     Sabotage("lr finder losses of one process", "utils/recipe/lr_finder.py",
              "mean = dist.all_reduce_sum(torch.as_tensor(", "mean = (torch.as_tensor(",
              ["tests/test_lr_finder.py::test_under_torchrun_the_processes_agree_with_one_process_at_the_same_global_batch"]),
+    Sabotage("k-fold ignores a better average", "utils/checkpoint/top_k.py",
+             'if value is not None and (value < best if mode == "min" else value > best):', "if False:",
+             ["tests/test_averaging.py::test_kfold_predicts_each_fold_with_the_better_of_model_best_and_the_average"]),
 ]
 
 

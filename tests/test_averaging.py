@@ -148,3 +148,21 @@ def test_bad_averaging_settings_are_one_error_line(tmp_path, changes, where):
     result = run_in_process("train.py", "-c", str(make_config(tmp_path, **changes)))
     assert result.returncode == 2 and result.stderr.startswith(f"error: {where}: "), result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "saved").exists()
+
+
+def test_kfold_predicts_each_fold_with_the_better_of_model_best_and_the_average(tmp_path):
+    config = make_config(tmp_path, **TOP_K | {"trainer.epochs": 3, "trainer.save_top_k": 2})
+    run_in_process("kfold_train.py", "-c", str(config), "--folds", "2", check=True)
+    (run,) = run_dirs(tmp_path)
+    for fold in (0, 1):
+        fold_dir = run / f"fold_{fold}"
+        best = load_checkpoint(fold_dir / "model_best.pth")["monitor_best"]
+        averaged = load_checkpoint(fold_dir / "model_averaged.pth")["metrics"]["val_accuracy"]
+        result = json.loads((fold_dir / "fold_result.json").read_text())
+        assert result["best_val_accuracy"] == max(best, averaged)
+        assert result["val_accuracy"] == max(best, averaged)  # the held-out metrics of the weights used
+
+
+def test_resuming_from_averaged_weights_is_refused(top_k_run):
+    result = run_in_process("train.py", "-r", str(top_k_run / "model_averaged.pth"))
+    assert result.returncode == 2 and "holds averaged weights" in result.stderr and result.stderr.count("\n") == 1
