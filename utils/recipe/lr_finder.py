@@ -16,6 +16,7 @@ from itertools import count
 import torch
 
 from utils import distributed as dist
+from utils.recipe.freezing import rewrap_ddp
 from utils.util import autocast
 
 RULE = "steepest descent of the smoothed loss"
@@ -71,6 +72,8 @@ def lr_range_test(trainer, lr_min: float = 1e-7, lr_max: float = 10.0, steps: in
         >>> result.suggestion
         0.00316
     """
+    if trainer.freezer.set_epoch(1):  # as epoch 1 trains: a backbone frozen for the first epochs is frozen
+        trainer.model = rewrap_ddp(trainer.model)
     model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
     saved = (copy.deepcopy(trainer.raw_model.state_dict()), copy.deepcopy(optimizer.state_dict()), scaler.state_dict())
     base = trainer.config["optimizer"]["args"].get("lr") or optimizer.param_groups[0].get("initial_lr")
@@ -78,6 +81,7 @@ def lr_range_test(trainer, lr_min: float = 1e-7, lr_max: float = 10.0, steps: in
     result, average, best = LrFindResult(), 0.0, math.inf
     batches = _batches(trainer.data_loader)
     model.train()
+    trainer.freezer.freeze_norms()
     try:
         for step in range(steps):
             lr = lr_at(step, steps, lr_min, lr_max)
