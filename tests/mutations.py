@@ -156,7 +156,7 @@ SABOTAGES = [
              ["tests/test_lr_finder.py::test_on_the_default_config_the_suggestion_is_a_usable_rate_and_the_model_is_untouched"]),
     Sabotage("lr finder gives every group one rate", "utils/recipe/lr_finder.py",
              'group["lr"] = lr * ratio', 'group["lr"] = lr',
-             ["tests/test_lr_finder.py::test_groups_keep_their_ratio_and_each_step_accumulates"]),
+             ["tests/test_lr_finder.py::test_groups_keep_their_ratio_and_each_step_accumulates_under_amp"]),
     Sabotage("lr finder never stops on divergence", "utils/recipe/lr_finder.py",
              "if not math.isfinite(smoothed) or smoothed > diverge * best:", "if False:",
              ["tests/test_lr_finder.py::test_the_command_writes_the_curve_and_prints_the_override_but_no_run"]),

@@ -111,6 +111,9 @@ def test_the_script_averages_every_tensor_and_refuses_other_models(top_k_run, tm
         else:  # num_batches_tracked: the larger count
             assert tensor.item() == max(v.item() for v in values), key
 
+    inference.main(["--resume", str(output), "--output", str(tmp_path / "predictions.csv")])
+    assert (tmp_path / "predictions.csv").stat().st_size > 0
+
     other = load_checkpoint(files[0])  # the same tensors, but saved by another model class
     other["arch"], other["config"]["arch"]["type"] = "MLP", "MLP"
     save_checkpoint(other, tmp_path / "mlp.pth")

@@ -40,10 +40,11 @@ def test_on_the_default_config_the_suggestion_is_a_usable_rate_and_the_model_is_
     assert not list(tmp_path.iterdir())  # the engine writes nothing
 
 
-def test_groups_keep_their_ratio_and_each_step_accumulates(tmp_path, monkeypatch):
+def test_groups_keep_their_ratio_and_each_step_accumulates_under_amp(tmp_path, monkeypatch):
     from tests.conftest import TINY_CONFIG
 
     trainer = build(TINY_CONFIG, **{"trainer.save_dir": str(tmp_path), "trainer.grad_accum_steps": 2,
+                                    "trainer.amp": "bf16",
                                     "optimizer.param_groups": [{"match": "head", "name": "head", "lr": 0.03}]})
     seen, forward = [], []
     step = trainer.optimizer.step
@@ -55,6 +56,7 @@ def test_groups_keep_their_ratio_and_each_step_accumulates(tmp_path, monkeypatch
     assert len(seen) == len(result.lrs) == 5 and len(forward) == 10
     for lrs, lr in zip(seen, np.geomspace(1e-4, 1e-2, 5)):
         assert lrs["default"] == pytest.approx(lr) and lrs["head"] == pytest.approx(3 * lr)
+    assert all(np.isfinite(result.losses))
 
 
 def test_the_command_writes_the_curve_and_prints_the_override_but_no_run(tmp_path):
