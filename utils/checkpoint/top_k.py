@@ -92,7 +92,7 @@ class TopK:
         for path in run_dir.glob(PATTERN):
             if path.name not in kept:
                 path.unlink()
-        if self.k:
+        if self.k or (run_dir / LISTING).is_file():  # save_top_k turned off on resume: an empty listing
             self.write_listing(run_dir)
 
 
