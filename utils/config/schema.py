@@ -4,7 +4,7 @@
 with the defaults filled in. Keys that start with "_" are comments and are ignored.
 """
 import copy
-import warnings
+import logging
 
 from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component_shape are used from here too)
     NONE,
@@ -20,7 +20,10 @@ from utils.config.fields import (  # noqa: F401  (did_you_mean and check_compone
     one_of,
     positive,
 )
+from utils.config.weight_averaging import check_averaging
 from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 COMPONENT_SECTIONS = ("arch", "dataset", "data_loader", "optimizer")
 
@@ -48,12 +51,6 @@ TRAINER = {
     "save_top_k": Field((int,), 0, non_negative),
     "average_top_k": Field((bool,), False),
     "swa": Field((dict, NONE), None),
-}
-SWA = {
-    "start": Field((int, float), 0.75),
-    "lr": Field((float,), REQUIRED, positive),
-    "anneal_epochs": Field((int,), 2, non_negative),
-    "anneal_strategy": Field((str,), "cos", one_of("cos", "linear")),
 }
 EMA = {
     "decay": Field((float,), 0.9998, lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
@@ -115,6 +112,19 @@ TUNE = {  # tune.py's search; the space entries are checked in utils/tune/space.
     "max_retry": Field((int,), 3, non_negative),
     "plots": Field((bool,), True),
 }
+DISTILLATION = {  # the args of "loss": {"type": "distillation"}
+    "teacher": Field((str,), REQUIRED),
+    "alpha": Field((float,), 0.5, fraction),
+    "temperature": Field((float,), 4.0, positive),
+    "base": Field((str, dict), "cross_entropy"),
+}
+PSEUDO_LABELS = {
+    "csv": Field((str,), REQUIRED),
+    "dataset": Field((dict,), REQUIRED),
+    "threshold": Field((float,), 0.9, fraction),
+    "soft": Field((bool,), False),
+    "weight": Field((float,), 1.0, positive),
+}
 TOP_LEVEL = {
     "name": Field((str,)),
     "n_gpu": Field((int,), 1, non_negative),
@@ -134,6 +144,7 @@ TOP_LEVEL = {
     "resume_history": Field((list,), [], history_entries),
     "task": Field((str, dict), "Classification"),
     "tune": Field((dict,), {}),
+    "pseudo_labels": Field((dict, NONE), None),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
 
@@ -168,6 +179,7 @@ def validate(config) -> dict:
     _check_training_recipe(resolved)
     if not isinstance(resolved["loss"], str):
         check_component_shape("loss", resolved["loss"])
+    _check_teacher_sections(resolved)
     for i, entry in enumerate(resolved["metrics"]):
         if not isinstance(entry, str):
             check_component_shape(f"metrics.{i}", entry, extra_keys=("name",))
@@ -197,10 +209,10 @@ def _check_training_recipe(resolved: dict) -> None:
     """The optimizer, scheduler, EMA and MixUp settings of the fine-tuning recipe."""
     resolved["optimizer"] = _with_extras("optimizer", resolved["optimizer"], OPTIMIZER)
     trainer = resolved["trainer"]
-    for key, schema in (("ema", EMA), ("mixup", MIXUP), ("swa", SWA)):
+    for key, schema in (("ema", EMA), ("mixup", MIXUP)):
         if trainer[key] is not None:
             trainer[key] = check_section(f"trainer.{key}", trainer[key], schema)
-    _check_averaging(trainer)
+    check_averaging(trainer)  # save_top_k, average_top_k, swa
     if resolved["lr_scheduler"] is None:
         return
     scheduler = resolved["lr_scheduler"] = _with_extras("lr_scheduler", resolved["lr_scheduler"], LR_SCHEDULER)
@@ -217,30 +229,22 @@ def _check_training_recipe(resolved: dict) -> None:
                                                  f"{scheduler['type']}; use another scheduler")
 
 
-def _check_averaging(trainer: dict) -> None:
-    """save_top_k, average_top_k and swa: what they need, and what they cannot be combined with."""
-    if trainer["save_top_k"] and trainer["monitor"] == "off":
-        raise ConfigError("trainer.save_top_k", 'ranks checkpoints by trainer.monitor, which is "off"')
-    if trainer["average_top_k"] and not trainer["save_top_k"]:
-        raise ConfigError("trainer.average_top_k", "averages the checkpoints of trainer.save_top_k: set it to 2 "
-                                                   "or more")
-    if trainer["average_top_k"] and trainer["save_top_k"] == 1:
-        warnings.warn("trainer.average_top_k with trainer.save_top_k 1 averages one checkpoint: its BatchNorm "
-                      "statistics are recomputed, nothing more", stacklevel=2)
-    if trainer["swa"] is not None:
-        _check_swa_start(trainer["swa"]["start"], trainer["epochs"])
-        if trainer["ema"] is not None:
-            raise ConfigError("trainer.swa", "and trainer.ema are two averages of the weights, and validation "
-                                             "scores one model: turn one of them off")
-
-
-def _check_swa_start(start, epochs: int) -> None:
-    """A start inside the run: a fraction in (0, 1), or an epoch number from 1 to ``epochs``."""
-    if isinstance(start, float) and not 0 < start < 1:
-        raise ConfigError("trainer.swa.start", f"a float is a fraction of the epochs, in (0, 1), got {start}; "
-                                               "an epoch number is an integer")
-    if isinstance(start, int) and not 1 <= start <= epochs:
-        raise ConfigError("trainer.swa.start", f"epoch {start} is not one of the run's {epochs} epochs")
+def _check_teacher_sections(resolved: dict) -> None:
+    """The ``distillation`` loss's args and the ``pseudo_labels`` section (utils/data/teacher.py)."""
+    loss = resolved["loss"]
+    if isinstance(loss, dict) and loss["type"] == "distillation":
+        args = loss["args"] = check_section("loss.args", loss.get("args", {}), DISTILLATION)
+        if not isinstance(args["base"], str):
+            check_component_shape("loss.args.base", args["base"])
+        if args["temperature"] < 1:
+            logger.warning("loss.args.temperature is %s: below 1 the teacher's labels get sharper, not softer "
+                           "(1 to 10 is usual)", args["temperature"])
+    if resolved["pseudo_labels"] is not None:
+        section = resolved["pseudo_labels"] = check_section("pseudo_labels", resolved["pseudo_labels"], PSEUDO_LABELS)
+        check_component_shape("pseudo_labels.dataset", section["dataset"])
+        if section["threshold"] < 0.5:
+            logger.warning("pseudo_labels.threshold is %s: samples the ensemble is unsure of get labels",
+                           section["threshold"])
 
 
 def metric_names(config: dict) -> list[str]:
