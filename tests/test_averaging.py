@@ -169,3 +169,20 @@ def test_kfold_predicts_each_fold_with_the_better_of_model_best_and_the_average(
 def test_resuming_from_averaged_weights_is_refused(top_k_run):
     result = run_in_process("train.py", "-r", str(top_k_run / "model_averaged.pth"))
     assert result.returncode == 2 and "holds averaged weights" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_top_k_average_and_swa_under_torchrun(tmp_path):
+    from tests.test_distributed import DDP_CONFIG, torchrun
+
+    config = make_config(tmp_path, DDP_CONFIG, **{"trainer.save_top_k": 2, "trainer.average_top_k": True,
+                                                  "trainer.swa": {"start": 3, "lr": 0.05}})
+    torchrun("train.py", "-c", str(config), check=True, timeout=240)
+    (run,) = run_dirs(tmp_path, "TinyIris")
+    entries = json.loads((run / "top_k.json").read_text())["checkpoints"]
+    weights = [load_checkpoint(run / entry["file"])["swa"] or load_checkpoint(run / entry["file"]) for entry in entries]
+    averaged = load_checkpoint(run / "model_averaged.pth")
+    for key, tensor in averaged["state_dict"].items():  # the SWA average where an epoch had one
+        assert torch.equal(tensor, numpy_mean([w["state_dict"] for w in weights], key)), key
+    swa = load_checkpoint(run / "model_swa.pth")
+    assert swa["metrics"]["swa_n_averaged"] == 2 and "val_loss" in swa["metrics"]
