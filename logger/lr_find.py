@@ -2,6 +2,7 @@
 and the suggested rate printed as the override to use. No run directory is created."""
 import csv
 import logging
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -56,8 +57,10 @@ def draw_curve(result, path: Path) -> None:
     if result.suggestion is not None:
         axes.axvline(result.suggestion, color="red", linestyle="--", label=f"{result.suggestion:.3g} ({result.rule})")
     axes.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
-    low, high = min(result.smoothed), max(result.smoothed[0], min(result.smoothed) * 4)
-    axes.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    finite = [value for value in result.smoothed if math.isfinite(value)]
+    if finite:  # the diverged end would squash the curve: show up to 4x the best
+        low, high = min(finite), max(finite[0], min(finite) * 4)
+        axes.set_ylim(low - 0.05 * (high - low) - 1e-6, high + 0.05 * (high - low) + 1e-6)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
