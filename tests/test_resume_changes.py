@@ -120,3 +120,13 @@ def test_reduce_lr_on_plateau_keeps_its_state_and_takes_a_new_rate_and_factor(tm
     assert pd.read_csv(run / "metrics.csv")["lr"].tolist() == [0.1, 0.1, 0.05]
     after = load_checkpoint(run / "last.pth")["lr_scheduler"]
     assert after["factor"] == 0.1 and after["last_epoch"] == before["last_epoch"] + 1
+
+
+def test_a_rate_change_after_swa_started_is_refused(tmp_path):
+    config = make_config(tmp_path, IRIS_CONFIG, **{"trainer.epochs": 2, "trainer.swa": {"start": 2, "lr": 0.01}})
+    run_in_process("train.py", "-c", str(config), check=True)
+    run = run_dirs(tmp_path, "TinyIris")[0]
+    line = one_error_line(run_in_process("train.py", "-r", str(run), "trainer.epochs=3", "--lr", "0.05"))
+    assert line == ("error: optimizer.args.lr: cannot change when resuming (SWA started at epoch 2: from then on its "
+                    "SWALR sets the rates): start a new run, or one from this run's weights with --finetune "
+                    "RUN/model_best.pth")

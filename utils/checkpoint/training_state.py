@@ -13,7 +13,8 @@ from utils import distributed as dist
 from utils.checkpoint import top_k
 from utils.checkpoint.files import FORMAT_VERSION, load_model_weights, strip_module_prefix
 from utils.checkpoint.pretrained import load_matching
-from utils.checkpoint.resume import ResumePoint, check_group_layout, group_options
+from utils.checkpoint.resume import ResumePoint
+from utils.checkpoint.resume_rates import check_group_layout, group_options
 from utils.errors import CheckpointError, ConfigError
 from utils.seeding import get_rng_state, seed_everything, set_rng_state
 
