@@ -29,7 +29,8 @@ from utils.cli import (
 from utils.config.components import section_module
 from utils.config.schema import check_path_part
 from utils.data.splits import describe_folds
-from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.errors import ConfigError
+from utils.recipe.param_groups import NonFiniteLossError, TrainingInterrupted, scaled_group_rates
 from utils.seeding import configure_determinism, seed_everything
 from utils.tune.report import write_hparams, write_results
 from utils.tune.space import build_search_part, check_space, study_direction, suggest
@@ -213,6 +214,8 @@ def read_sweep_args(args) -> tuple[ConfigParser, Path | None, dict]:
         raise ConfigError("command line", "give a config file with -c config.json, or a sweep to continue with -r")
     else:
         raw = read_json(args.config)
+    if args.lr is not None:  # --lr keeps the ratios between the parameter groups, as in train.py
+        modification = scaled_group_rates(raw, args.lr) | modification
     config = ConfigParser(raw, modification=modification)
     if sweep_dir is None and args.run_id is not None:
         check_path_part("--run-id", args.run_id)
