@@ -29,8 +29,8 @@ from utils.cli import (
 from utils.config.components import section_module
 from utils.config.schema import check_path_part
 from utils.data.splits import describe_folds
-from utils.errors import ConfigError
-from utils.recipe.param_groups import NonFiniteLossError, TrainingInterrupted, scaled_group_rates
+from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.recipe.param_groups import scaled_group_rates
 from utils.seeding import configure_determinism, seed_everything
 from utils.tune.report import write_hparams, write_results
 from utils.tune.space import build_search_part, check_space, study_direction, suggest
