@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint.snapshot import StateSnapshot
 from utils.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -87,12 +88,13 @@ def link_checkpoint(source: str | Path, target: str | Path) -> None:
 class CheckpointWriter:
     """Writes checkpoints to disk in a background thread, so that training does not wait for the disk.
 
-    ``save`` serializes the state before it returns (so training may change the model right away);
-    the checksum, the write, the fsync and the renames happen in the background, one save at a time,
-    in order (or in the calling thread with ``wait=True``, when the caller needs the file at once).
-    ``wait()`` finishes the pending save and re-raises its error, if any: a failed write (a full
-    disk, a file-size limit, an I/O or permission error) is a CheckpointError that says what is
-    still safe on disk, and leaves no temporary file behind.
+    With ``background`` (``trainer.async_checkpoint``, the default), ``save`` returns as soon as the
+    state is copied into host memory (utils/checkpoint/snapshot.py), so training may change the model
+    right away; serializing, the checksum, the write, the fsync and the renames happen in the
+    background, one save at a time, in order. Without it, or with ``wait=True`` (when the caller needs
+    the file at once), the calling thread does it all. ``wait()`` finishes the pending save and
+    re-raises its error, if any: a failed write (a full disk, a file-size limit, an I/O or permission
+    error) is a CheckpointError that says what is still safe on disk, and leaves no temporary file.
 
     Examples:
         >>> writer = CheckpointWriter()
@@ -100,23 +102,28 @@ class CheckpointWriter:
         >>> writer.wait()   # before reading the files, and before the program exits
     """
 
-    def __init__(self):
+    def __init__(self, background: bool = True):
+        self.background = background
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._pending: Future | None = None
+        self._snapshot = StateSnapshot()
         self._written: dict[Path, str] = {}  # file -> what it holds, for the files this writer wrote
 
-    def save(self, state: dict, path: str | Path, links: list[Path] = (), wait: bool = False) -> None:
-        """Save ``state`` to ``path`` and hard-link it as each of ``links``; with ``wait``, return once
-        they are on disk (written by the calling thread: handing them to the thread would only cost more)."""
-        data = serialize(state)
-        self.wait()
+    def save(self, state: dict, path: str | Path, links: list[Path] = (), wait: bool = False,
+             message: str | None = None) -> None:
+        """Save ``state`` to ``path``, hard-link it as each of ``links`` and then log ``message``; with
+        ``wait``, return once they are on disk (written by the calling thread: handing them to the
+        thread would only cost more)."""
+        self.wait()  # the previous save is on disk, and the snapshot's buffers are free again
         what = f"epoch {state.get('epoch')}" + (f", batch {state['batches_done']}" if state.get("batches_done") else "")
-        if wait:
-            self._write(data, Path(path), list(links), what)
+        job = (Path(path), list(links), what, message)
+        if wait or not self.background:
+            self._write(serialize(state), *job)
         else:
-            self._pending = self._executor.submit(self._write, data, Path(path), list(links), what)
+            state = self._snapshot.copy(state)  # training waits for this copy only
+            self._pending = self._executor.submit(lambda: self._write(serialize(state), *job))
 
-    def _write(self, data: bytearray, path: Path, links: list[Path], what: str) -> None:
+    def _write(self, data: bytearray, path: Path, links: list[Path], what: str, message: str | None) -> None:
         target = path
         try:
             write_checkpoint_bytes(data, path)
@@ -126,6 +133,8 @@ class CheckpointWriter:
                 self._written[target] = what
         except OSError as error:
             raise CheckpointError(str(target), self._failure(error, target, what)) from None
+        if message:
+            logger.info(message)
 
     def _failure(self, error: OSError, target: Path, what: str) -> str:
         """Why the save of ``what`` to ``target`` failed, and what is still safe on disk."""

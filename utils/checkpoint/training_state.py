@@ -5,7 +5,6 @@ to the trainer: model, optimizer, scheduler, AMP scaler, EMA, position in the ru
 and the running totals of a half-done epoch.
 """
 import logging
-import time
 from pathlib import Path
 
 from utils import distributed as dist
@@ -55,18 +54,17 @@ def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int =
         links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
     if best:
         links.append(trainer.run_dir / "model_best.pth")
-    wait = best or trainer.config.unsaved_changes  # wait for the disk: a failed write stops here
-    trainer.checkpoint_writer.save(state, trainer.run_dir / "last.pth", links, wait=wait)
+    wait = trainer.config.unsaved_changes  # wait for the disk: a failed write stops here
+    message = f"saved model_best.pth ({trainer.monitor_key} {trainer.monitor_best:.6g})" if best else None
+    trainer.checkpoint_writer.save(state, trainer.run_dir / "last.pth", links, wait=wait, message=message)
     if wait:
         trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
-    if best:
-        logger.info("saved model_best.pth (%s %.6g)", trainer.monitor_key, trainer.monitor_best)
 
 
 def epoch_state(trainer) -> dict:
     """What is needed to finish a half-done epoch exactly: its time so far, the training metrics'
     running totals and the batch size (the position in the epoch counts batches of that size)."""
-    return {"epoch_time": time.perf_counter() - trainer.epoch_started,
+    return {"epoch_time": trainer.clock.elapsed(), "data_wait": trainer.clock.waited,
             "train_metrics": trainer.train_metrics.state_dict(), "batch_size": trainer.data_loader.batch_size}
 
 

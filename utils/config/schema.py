@@ -44,6 +44,7 @@ TRAINER = {
     "freeze_backbone_epochs": Field((int,), 0, non_negative),
     "ema": Field((dict, NONE), None),
     "mixup": Field((dict, NONE), None),
+    "async_checkpoint": Field((bool,), True),
 }
 EMA = {
     "decay": Field((float,), 0.9998, lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
