@@ -58,22 +58,32 @@ def base_config(arch: dict, epochs: int) -> dict:
     }
 
 
-def template_epochs(config: dict, save_dir: str, async_checkpoint: bool) -> list[float]:
-    """Wall seconds of each epoch but the first, checkpoint included, as the training loop sees it."""
+def clocks() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the calling thread): the training loop's own time, whatever else runs."""
+    return time.perf_counter(), time.thread_time()
+
+
+def per_epoch(ends: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, training-thread CPU) seconds of each epoch but the first, from the clocks at each epoch's end."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(ends, ends[1:])]
+
+
+def template_epochs(config: dict, save_dir: str, async_checkpoint: bool) -> list[tuple[float, float]]:
+    """Each epoch but the first, checkpoint included, as the training loop sees it."""
     config = copy.deepcopy(config)
     config["trainer"] |= {"save_dir": save_dir, "async_checkpoint": async_checkpoint}
     parser = ConfigParser(config)
     seed_everything(0)
     trainer = build_trainer(parser)
-    parser.start_run()
     ends = []
-    trainer.epoch_callbacks.append(lambda epoch, log: ends.append(time.perf_counter()))
+    trainer.epoch_callbacks.append(lambda epoch, log: ends.append(clocks()))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        parser.start_run()  # its log goes where the console is now: nowhere
         trainer.train()  # its log and progress bar, as a user sees them, but not here
-    return [b - a for a, b in zip(ends, ends[1:])]
+    return per_epoch(ends)
 
 
-def plain_epochs(config: dict, save_dir: str, save: bool) -> list[float]:
+def plain_epochs(config: dict, save_dir: str, save: bool) -> list[tuple[float, float]]:
     """The same training as a hand-written loop, saving nothing or ``torch.save`` every epoch."""
     parser = ConfigParser(copy.deepcopy(config))
     seed_everything(0)
@@ -95,8 +105,8 @@ def plain_epochs(config: dict, save_dir: str, save: bool) -> list[float]:
             int(sum((model(data).argmax(1) == target).sum() for data, target in valid_loader))  # as a log would
         if save:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, Path(save_dir) / "plain.pth")
-        ends.append(time.perf_counter())
-    return [b - a for a, b in zip(ends, ends[1:])]
+        ends.append(clocks())
+    return per_epoch(ends)
 
 
 PATHS = {
@@ -119,20 +129,23 @@ def main() -> None:
     parameters = sum(p.numel() for p in ConfigParser(copy.deepcopy(config)).init_obj("arch", module_arch).parameters())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} training thread(s), {parameters / 1e6:.1f}M "
           f"parameters, {rounds} rounds of {epochs} epochs; wall seconds per epoch, checkpoint included")
-    medians = {name: [] for name in PATHS}
+    medians = {name: [] for name in PATHS}  # per round: the median (wall, thread CPU) of an epoch
     with tempfile.TemporaryDirectory() as save_dir:
         for _ in range(rounds):
             for name, path in PATHS.items():
-                medians[name].append(statistics.median(path(config, save_dir)))
+                epochs_measured = path(config, save_dir)
+                medians[name].append([statistics.median(e[k] for e in epochs_measured) for k in (0, 1)])
     reference = medians["hand-written, saves nothing"]
-    print(f"{'path':<40}{'s/epoch':>9}{'ratio':>8}")
+    ratios = {name: [statistics.median(v[k] / r[k] for v, r in zip(values, reference)) for k in (0, 1)]
+              for name, values in medians.items()}
+    print(f"{'path':<40}{'wall s':>8}{'ratio':>7}{'thread CPU s':>14}{'ratio':>7}")
     for name, values in medians.items():
-        ratio = statistics.median(v / r for v, r in zip(values, reference))
-        print(f"{name:<40}{statistics.median(values):>9.3f}{ratio:>8.3f}")
-    ratio = statistics.median(v / r for v, r in zip(medians["template, async_checkpoint (default)"], reference))
-    print(f"defaults vs a hand-written loop that saves nothing: {ratio:.3f}, target <= 1.08: "
-          f"{'met' if ratio <= 1.08 else 'MISSED'}")
-
+        wall, cpu = (statistics.median(v[k] for v in values) for k in (0, 1))
+        print(f"{name:<40}{wall:>8.3f}{ratios[name][0]:>7.3f}{cpu:>14.3f}{ratios[name][1]:>7.3f}")
+    for k, clock in enumerate(("wall time", "training-thread CPU time")):
+        ratio = ratios["template, async_checkpoint (default)"][k]
+        print(f"{clock}: defaults vs a hand-written loop that saves nothing: {ratio:.3f}, target <= 1.08: "
+              f"{'met' if ratio <= 1.08 else 'MISSED'}")
 
 if __name__ == "__main__":
     main()
