@@ -73,7 +73,7 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
 
     def write(data, path):
         if not finished_early:  # the first write: epoch 1's last.pth
-            finished_early.append(epoch_2_recorded.wait(timeout=60))
+            finished_early.append(epoch_2_recorded.wait(timeout=30))
         original_write(data, path)
 
     def log_epoch(self, log, *args, **kwargs):
@@ -90,15 +90,19 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
     assert load_checkpoint(run / "last.pth")["epoch"] == 2
 
 
-def test_the_snapshot_is_taken_at_the_save(tmp_path):
+def test_the_snapshot_is_taken_at_the_save(tmp_path, monkeypatch):
     """A background write saves the state as it was at the save, not as training changed it since."""
+    from utils.checkpoint import files
     from utils.checkpoint.files import CheckpointWriter
     from utils.checkpoint.snapshot import StateSnapshot
 
+    stepped, original = threading.Event(), files.serialize
+    monkeypatch.setattr(files, "serialize", lambda state: stepped.wait(timeout=30) and original(state))
     weights = torch.arange(6.0)
     writer = CheckpointWriter()
     writer.save({"format_version": 1, "epoch": 1, "w": weights, "tied": weights}, tmp_path / "last.pth")
-    weights += 100  # the next optimizer step, in place
+    weights += 100  # the next optimizer step, in place, before the writer serializes
+    stepped.set()
     writer.wait()
     saved = load_checkpoint(tmp_path / "last.pth")
     assert torch.equal(saved["w"], torch.arange(6.0)) and saved["tied"] is saved["w"]
