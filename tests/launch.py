@@ -73,14 +73,14 @@ def slow_writes(seconds: float) -> None:
 
     from utils.checkpoint import files
 
-    original = files.write_checkpoint_bytes
+    original = files.save_checkpoint
 
-    def write_checkpoint_bytes(*args, **kwargs):
+    def save_checkpoint(*args, **kwargs):
         time.sleep(seconds / 2)
         original(*args, **kwargs)
         time.sleep(seconds / 2)
 
-    files.write_checkpoint_bytes = write_checkpoint_bytes
+    files.save_checkpoint = save_checkpoint
 
 
 def main() -> None:

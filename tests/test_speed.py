@@ -69,19 +69,19 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
     from utils.checkpoint import files
 
     epoch_2_recorded, finished_early = threading.Event(), []
-    original_write, original_log = files.write_checkpoint_bytes, RunRecorder.log_epoch
+    original_write, original_log = files.save_checkpoint, RunRecorder.log_epoch
 
-    def write(data, path):
+    def write(state, path):
         if not finished_early:  # the first write: epoch 1's last.pth
             finished_early.append(epoch_2_recorded.wait(timeout=30))
-        original_write(data, path)
+        original_write(state, path)
 
     def log_epoch(self, log, *args, **kwargs):
         original_log(self, log, *args, **kwargs)
         if log["epoch"] == 2:
             epoch_2_recorded.set()
 
-    monkeypatch.setattr(files, "write_checkpoint_bytes", write)
+    monkeypatch.setattr(files, "save_checkpoint", write)
     monkeypatch.setattr(RunRecorder, "log_epoch", log_epoch)
     run_in_process("train.py", "-c", str(make_config(tmp_path, **{"trainer.epochs": 2})), check=True)
     assert finished_early == [True], "the loop waited for the checkpoint write"
@@ -96,12 +96,12 @@ def test_the_snapshot_is_taken_at_the_save(tmp_path, monkeypatch):
     from utils.checkpoint.files import CheckpointWriter
     from utils.checkpoint.snapshot import StateSnapshot
 
-    stepped, original = threading.Event(), files.serialize
-    monkeypatch.setattr(files, "serialize", lambda state: stepped.wait(timeout=30) and original(state))
+    stepped, original = threading.Event(), files.save_checkpoint
+    monkeypatch.setattr(files, "save_checkpoint", lambda state, path: stepped.wait(30) and original(state, path))
     weights = torch.arange(6.0)
     writer = CheckpointWriter()
     writer.save({"format_version": 1, "epoch": 1, "w": weights, "tied": weights}, tmp_path / "last.pth")
-    weights += 100  # the next optimizer step, in place, before the writer serializes
+    weights += 100  # the next optimizer step, in place, before the writer writes
     stepped.set()
     writer.wait()
     saved = load_checkpoint(tmp_path / "last.pth")

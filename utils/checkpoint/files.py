@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import shutil
+import threading
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -35,35 +36,58 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a mix.
     (The folder itself is not fsynced: after a power loss the rename may be undone, which leaves
-    the previous, complete checkpoint.)
+    the previous, complete checkpoint.) The bytes go straight from ``torch.save`` to the file,
+    hashed on the way (no copy of the whole checkpoint in memory).
     """
-    write_checkpoint_bytes(serialize(state), path)
-
-
-def serialize(state: dict) -> bytearray:
-    """The bytes of ``torch.save(state)``; ``write_checkpoint_bytes`` adds the checksum."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return bytearray(buffer.getbuffer())
-
-
-def write_checkpoint_bytes(data: bytearray, path: str | Path) -> None:
-    """Add the checksum to serialized bytes and write them atomically (see ``save_checkpoint``)."""
-    if data[-22:-18] != _ZIP_END_SIGNATURE or data[-2:] != b"\0\0":
-        raise RuntimeError("torch.save wrote an archive with a comment; cannot add the checksum")
-    data[-2:] = _CHECKSUM_LENGTH.to_bytes(2, "little")  # declare the comment that follows
-    data += _CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
     path = Path(path)
     temp = path.with_name(path.name + TEMP_SUFFIX)
     try:
         with open(temp, "wb") as file:
-            file.write(data)
+            stream = _ChecksummedStream(file)
+            torch.save(state, stream)
+            stream.finish()
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)  # a full disk must not stay full of a half-written file
         raise
+
+
+class _ChecksummedStream:
+    """Passes ``torch.save``'s bytes to a file and hashes them, holding back the archive's last 22 bytes
+    (the end-of-central-directory record) until ``finish`` declares the checksum comment in it."""
+
+    def __init__(self, file):
+        self.file, self.hash, self.tail = file, hashlib.sha256(), b""
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if len(view) >= 22:
+            self._out(self.tail)
+            self._out(view[:-22])  # no copy: hashlib and the file release the GIL on large chunks
+            self.tail = bytes(view[-22:])
+        else:
+            joined = self.tail + bytes(view)
+            self._out(joined[:-22])
+            self.tail = joined[-22:]
+        return len(view)
+
+    def flush(self) -> None:
+        pass  # the file is flushed once, when the archive is complete
+
+    def _out(self, chunk) -> None:
+        if len(chunk):
+            self.hash.update(chunk)
+            self.file.write(chunk)
+
+    def finish(self) -> None:
+        tail = bytearray(self.tail)
+        if tail[:4] != _ZIP_END_SIGNATURE or tail[-2:] != b"\0\0":
+            raise RuntimeError("torch.save wrote an archive with a comment; cannot add the checksum")
+        tail[-2:] = _CHECKSUM_LENGTH.to_bytes(2, "little")  # declare the comment that follows
+        self._out(tail)
+        self.file.write(_CHECKSUM_TAG + self.hash.hexdigest().encode())
 
 
 def link_checkpoint(source: str | Path, target: str | Path) -> None:
@@ -104,7 +128,8 @@ class CheckpointWriter:
 
     def __init__(self, background: bool = True):
         self.background = background
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer",
+                                            initializer=_lower_priority)
         self._pending: Future | None = None
         self._snapshot = StateSnapshot()
         self._written: dict[Path, str] = {}  # file -> what it holds, for the files this writer wrote
@@ -118,15 +143,15 @@ class CheckpointWriter:
         what = f"epoch {state.get('epoch')}" + (f", batch {state['batches_done']}" if state.get("batches_done") else "")
         job = (Path(path), list(links), what, message)
         if wait or not self.background:
-            self._write(serialize(state), *job)
+            self._write(state, *job)
         else:
             state = self._snapshot.copy(state)  # training waits for this copy only
-            self._pending = self._executor.submit(lambda: self._write(serialize(state), *job))
+            self._pending = self._executor.submit(self._write, state, *job)
 
-    def _write(self, data: bytearray, path: Path, links: list[Path], what: str, message: str | None) -> None:
+    def _write(self, state: dict, path: Path, links: list[Path], what: str, message: str | None) -> None:
         target = path
         try:
-            write_checkpoint_bytes(data, path)
+            save_checkpoint(state, path)
             self._written[path] = what
             for target in links:
                 link_checkpoint(path, target)
@@ -158,6 +183,14 @@ class CheckpointWriter:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.result()
+
+
+def _lower_priority() -> None:
+    """The writer thread yields the CPU to training when the cores are busy (Linux: a thread's nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the default priority
+        pass
 
 
 def clean_temp_files(folder: str | Path) -> None:
