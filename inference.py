@@ -3,6 +3,8 @@
     python inference.py --resume saved/Digits_ResNet/20261127_101500/model_best.pth
     python inference.py --resume saved/Digits_ResNet/20261127_120000       # a k-fold run: all folds
     python inference.py --resume a.pth --resume b.pth --output submission/predictions.csv
+    python inference.py --resume saved/Digits_ResNet/20261127_101500/model.onnx   # export.py's ONNX model
+    python inference.py --resume saved/Digits_ResNet/20261127_120000 --probabilities   # id + prob_* only
 
 The config is read from the (first) checkpoint; ``-c`` and KEY.PATH=VALUE change it. The data is the
 config's test data: the "inference" section's dataset if there is one, else the "dataset" section
@@ -16,12 +18,16 @@ import numpy as np
 import torch
 
 from base.metric_tracker import Scorer
-from config_parser import ConfigParser, parse_overrides
+from config_parser import ConfigParser
 from logger.logger import setup_logging
+from utils.analysis.temperature import TemperatureScaled, load_temperature
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, lookup_type, parameters, section_module
+from utils.config.overrides import parse_overrides
 from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
+from utils.export.card import exported_checkpoint
+from utils.export.wrappers import OnnxModel
 from utils.predict import predict_to_csv
 from utils.recipe.ema import model_weights
 from utils.util import amp_dtype, prepare_device, read_json
@@ -85,10 +91,23 @@ def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch
     return model
 
 
+def calibrated(models: list, config: ConfigParser, resume: list[str], paths: list[Path]) -> list:
+    """The models with their logits divided by the temperature analyze.py saved with the run
+    (calibration.json), for one classification run or k-fold run; else the models as they are."""
+    if len(resume) != 1 or config["task"]["type"] != "Classification":
+        return models
+    temperature = load_temperature(Path(resume[0]) if Path(resume[0]).is_dir() else paths[0].parent)
+    if temperature is None:
+        return models
+    logger.info("calibrated: logits divided by the temperature %.4g of calibration.json", temperature)
+    return [TemperatureScaled(model, temperature) for model in models]
+
+
 def predict_and_score(config: ConfigParser, task, models: list, loader, dataset, output: Path, classes, device,
-                      loss_args: dict | None = None) -> None:
+                      loss_args: dict | None = None, probabilities_only: bool = False) -> None:
     """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
-    (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with)."""
+    (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with).
+    ``probabilities_only``: write ``id`` and the soft labels only (``--probabilities``)."""
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
@@ -101,7 +120,7 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
         predict_to_csv(output, models, loader, ids, device, task, classes, labelled=labelled,
                        on_batch=scorer.update if scorer else None, progress=config["trainer"]["progress_bar"],
                        amp_dtype=amp_dtype(config["trainer"]["amp"]), tta=tta,
-                       channels_last=config["trainer"]["channels_last"])
+                       channels_last=config["trainer"]["channels_last"], probabilities_only=probabilities_only)
     logger.info("wrote %s", output)
     if scorer is not None:
         logger.info("  ".join(f"{key} {value:.6f}" for key, value in scorer.result().items()))
@@ -110,14 +129,20 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
 def command_line() -> ArgumentParser:
     parser = ArgumentParser(description="Predict with a trained model or an ensemble of them.")
     parser.add_argument("-r", "--resume", action="append", required=True, metavar="CKPT",
-                        help="a checkpoint, a run directory or a k-fold run directory; repeat to ensemble")
+                        help="a checkpoint, a run directory, a k-fold run directory or an exported .onnx "
+                             "model; repeat to ensemble")
     parser.add_argument("-c", "--config", help="config file (default: the one stored in the checkpoint)")
     parser.add_argument("-o", "--output", help="predictions CSV (default: predictions.csv beside the checkpoint)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="write only id and the soft labels (prob_* columns; a regression's predictions), "
+                             "e.g. as a distillation teacher or for pseudo-labels (default: probabilities.csv)")
     parser.add_argument("--split", choices=["test", "valid"], help="sets inference.split")
     parser.add_argument("--bs", "--batch_size", type=int, help="batch size (sets data_loader.args.batch_size)")
     parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--no-ema", action="store_true",
                         help="predict with the model's own weights, not the EMA weights of a trainer.ema run")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore the run's calibration.json (the temperature analyze.py fitted)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value")
     return parser
@@ -130,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
 
     paths = checkpoint_paths(args.resume)
-    checkpoints = [load_checkpoint(path) for path in paths]
+    # An exported ONNX model runs with onnxruntime; its model card stands in for the checkpoint.
+    checkpoints = [exported_checkpoint(path) if path.suffix == ".onnx" else load_checkpoint(path) for path in paths]
     raw_config = read_json(args.config) if args.config else checkpoints[0]["config"]
     modification = parse_overrides(args.overrides)
     if args.split:
@@ -141,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     if config["inference"]["split"] == "valid" and len(paths) > 1:
         raise ConfigError("--split valid", "scores the validation split of one run; the out-of-fold predictions "
                                            "of a k-fold run are in its oof_predictions.csv")
-    output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
+    output = Path(args.output or config["inference"]["output"]
+                  or _default_output(Path(args.resume[0]), args.probabilities))
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
@@ -149,8 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     device, _ = prepare_device(config["n_gpu"])
     # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
     own_arch = args.config is None and not any(key.lstrip("+").startswith("arch.") for key in modification)
-    models = [load_model(config, checkpoint, path, device, own_arch, use_ema=not args.no_ema)
+    models = [OnnxModel(path) if path.suffix == ".onnx" else load_model(config, checkpoint, path, device, own_arch,
+                                                                         use_ema=not args.no_ema)
               for checkpoint, path in zip(checkpoints, paths)]
+    if not args.no_calibration:
+        models = calibrated(models, config, args.resume, paths)
     loader = test_loader(config, config["inference"]["split"])
     dataset = loader.dataset.dataset if hasattr(loader.dataset, "indices") else loader.dataset
     task = config.task
@@ -165,11 +195,13 @@ def main(argv: list[str] | None = None) -> None:
                 config["inference"]["split"], len(paths), ", ".join(map(str, paths)))
 
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
-    predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"))
+    predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"),
+                      probabilities_only=args.probabilities)
 
 
-def _default_output(resume: Path) -> Path:
-    return (resume.parent if resume.is_file() else resume) / "predictions.csv"
+def _default_output(resume: Path, probabilities: bool = False) -> Path:
+    name = "probabilities.csv" if probabilities else "predictions.csv"
+    return (resume.parent if resume.is_file() else resume) / name
 
 
 if __name__ == "__main__":

@@ -54,6 +54,27 @@ def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle
         raise ConfigError("kfold.n_splits", str(error)) from None
 
 
+def build_folds(config: ConfigParser, train_dataset) -> tuple[list, list | None]:
+    """(the folds of ``train_dataset`` as the config's ``kfold`` section sets them, the groups they keep
+    whole or None): the one fold builder of kfold_train.py and ``tune.py --kfold``.
+
+    Stratified on the task's labels (``task.stratify_labels``: classes, quantile bins of a
+    regression target, label sets), with ``dataset.groups`` (unless ``kfold.group`` is false) every
+    group held out by one fold.
+
+    Examples:
+        >>> folds, groups = build_folds(config, config.init_obj("dataset"))
+        >>> train_indices, held_out = folds[0]
+    """
+    options = config["kfold"]
+    targets = train_dataset.targets
+    labels = None if targets is None else config.task.stratify_labels(targets, options["n_bins"])
+    groups = getattr(train_dataset, "groups", None) if options["group"] else None
+    folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
+                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
+    return folds, groups
+
+
 def check_same_folds(config: ConfigParser, folds: list) -> None:
     """When resuming, the folds must be those the run started with (same data and kfold settings)."""
     if config.run_dir is None:
@@ -163,12 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_determinism(config["deterministic"])
 
     train_dataset = config.init_obj("dataset")
-    options = config["kfold"]
-    task = config.task
-    labels = None if train_dataset.targets is None else task.stratify_labels(train_dataset.targets, options["n_bins"])
-    groups = getattr(train_dataset, "groups", None) if options["group"] else None
-    folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
-                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
+    folds, groups = build_folds(config, train_dataset)
     if config.dry_run:
         trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])
         dry_run(config, trainer, check_one_batch(trainer))
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     check_same_folds(config, folds)
     config.start_run()
     if groups is not None:
-        logger.info(describe_folds(folds, groups, options["stratified"]))
+        logger.info(describe_folds(folds, groups, config["kfold"]["stratified"]))
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.

@@ -9,6 +9,7 @@ import math
 import torch
 
 from base import BaseTrainer
+from base.base_task import BaseTask
 from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
@@ -16,6 +17,7 @@ from utils import distributed as dist
 from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
 from utils.data.class_weights import loss_args_from_data
+from utils.data.teacher import build_extras
 from utils.errors import ConfigError
 from utils.recipe.param_groups import build_optimizer
 from utils.recipe.schedulers import build_lr_scheduler
@@ -28,11 +30,19 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
 
     kfold_train.py calls this for each fold, with the fold's validation indices in ``loader_kwargs``.
     """
-    data_loader = config.init_data_loader("data_loader", **loader_kwargs)
+    task = config.task  # what the targets mean: it checks them and adapts the loss and metrics
+    dataset = loader_kwargs.pop("dataset", None)
+    dataset = config.init_obj("dataset") if dataset is None else dataset
+    # A distillation teacher's soft labels and pseudo-labelled samples ride with the training targets.
+    num_outputs = config["arch"]["args"].get("num_classes") or getattr(task, "num_outputs", None)
+    extras = build_extras(config, dataset, num_outputs, type(task).predictions_table is BaseTask.predictions_table)
+    data_loader = config.init_data_loader("data_loader", dataset=extras.dataset if extras else dataset,
+                                          **loader_kwargs)
+    if extras:
+        extras.check_rows(data_loader.train_indices)
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
-    task = config.task  # what the targets mean: it checks them and adapts the loss and metrics
     task.check_labels(data_loader.dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
@@ -41,8 +51,10 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
 
     # "balanced" class weights come from the training split; the checkpoint keeps them (loss_args).
     loss_args = loss_args_from_data(config, data_loader.dataset, data_loader.train_indices,
-                                  config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
+                                    config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
     criterion = task.wrap_loss(config.init_ftn("loss", **loss_args))
+    if extras:
+        task, criterion = extras.wrap(task, criterion)
     metrics = task.wrap_metrics(config.init_metrics())
     optimizer = build_optimizer(config, model)  # parameter groups: utils/recipe/param_groups.py
     steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
@@ -53,6 +65,8 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
                             data_loader=data_loader, valid_data_loader=valid_data_loader,
                             lr_scheduler=lr_scheduler, device_ids=device_ids, task=task)
     trainer.loss_args = loss_args
+    if extras:
+        trainer.mixup = extras.wrap_mixer(trainer.mixup)
     # Continuing a run, or starting one from another run's weights: one explicit step each.
     if config.resume is not None:
         trainer.resume(config.resume_point())
@@ -129,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ConfigParser.from_args(command_line(), argv=argv)
     dist.init_distributed()
     setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())  # console until the run starts
+    config.resume_point()  # with -r: the checkpoint read, and a change resuming cannot honour refused, first
     seed_everything(config["seed"])
     configure_determinism(config["deterministic"])
 

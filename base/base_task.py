@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from base.base_metric import confusion_matrix
+from utils.recipe.distillation import softmax_kl
 
 
 class BaseTask:
@@ -47,6 +48,11 @@ class BaseTask:
     def wrap_metrics(self, metrics: dict) -> dict:
         """The metrics the trainer tracks, from the config's {column: metric}."""
         return metrics
+
+    def soft_target_loss(self, output: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Per sample, the ``distillation`` loss's term for a teacher's soft labels ``teacher`` (the
+        probability columns of its predictions CSV): ``T² · KL(teacher_T ‖ student_T)``."""
+        return softmax_kl(output, teacher, temperature)
 
     def metric_columns(self, names: Sequence[str]) -> list[str]:
         """The metric columns that ``wrap_metrics`` makes of the configured names (``monitor`` uses them)."""
@@ -83,6 +89,13 @@ class BaseTask:
         if targets is not None:
             table["target"] = targets.cpu().numpy()
         return table | {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
+
+    def output_probabilities(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs a deployed model gives (``export.py --postprocess``), by name: the class probabilities.
+
+        Runs inside the exported graph, so only tensor operations (no NumPy, no ``.item()``).
+        """
+        return {"probabilities": output.softmax(dim=1)}
 
     def outputs_from_table(self, table) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, targets) read back from a predictions table (to score OOF predictions)."""

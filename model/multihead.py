@@ -9,6 +9,7 @@ from base.base_metric import Metric
 from base.base_task import BaseTask
 from base.metric_tracker import MeanMetric
 from utils.errors import ConfigError, DataError
+from utils.recipe.distillation import softmax_kl
 
 
 class MultiHead(BaseTask):
@@ -67,6 +68,11 @@ class MultiHead(BaseTask):
     def wrap_loss(self, criterion):
         return HeadsLoss(criterion, self)
 
+    def soft_target_loss(self, output, teacher, temperature):
+        """Distillation per head (the teacher's ``prob_<head>_<k>`` columns), summed with the heads' weights."""
+        return sum(weight * softmax_kl(output[:, s], teacher[:, s], temperature)
+                   for s, weight in zip(self.slices, self.weights))
+
     def wrap_metrics(self, metrics):
         wrapped = {}
         for name, metric in metrics.items():
@@ -110,6 +116,10 @@ class MultiHead(BaseTask):
         for head, p in zip(self.heads, probs):
             table |= {f"prob_{head}_{k}": p[:, k] for k in range(p.shape[1])}
         return table
+
+    def output_probabilities(self, output):
+        return {f"probabilities_{head}": logits.softmax(dim=1)
+                for head, logits in zip(self.heads, self.head_logits(output))}
 
     def outputs_from_table(self, table):
         columns = [f"prob_{head}_{k}" for head, size in self.heads.items() for k in range(size)]

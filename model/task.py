@@ -17,6 +17,7 @@ import torch
 from base.base_task import BaseTask
 from model.multihead import MultiHead
 from utils.errors import DataError
+from utils.recipe.distillation import binary_kl, squared_error
 
 __all__ = ["Classification", "Regression", "MultiLabel", "MultiHead"]
 
@@ -45,6 +46,10 @@ class Regression(BaseTask):
     def combine(self, outputs):
         return outputs[0] if len(outputs) == 1 else torch.stack([o.float() for o in outputs]).mean(dim=0)
 
+    def soft_target_loss(self, output, teacher, temperature):
+        """Distillation of a regression: the squared error to the teacher's predictions (no temperature)."""
+        return squared_error(output, teacher)
+
     def known_targets(self, targets):
         return torch.isfinite(targets.reshape(len(targets), -1)).all(dim=1)
 
@@ -67,6 +72,9 @@ class Regression(BaseTask):
         if targets is not None:
             table |= _columns("target", targets.float().reshape(len(targets), -1).cpu().numpy())
         return table
+
+    def output_probabilities(self, output):
+        return {"prediction": output}  # values, no activation
 
     def outputs_from_table(self, table):
         outputs = table.filter(regex=r"^prediction(_\d+)?$").to_numpy()
@@ -126,6 +134,10 @@ class MultiLabel(BaseTask):
                 metric.threshold = self.thresholds
         return metrics
 
+    def soft_target_loss(self, output, teacher, temperature):
+        """Distillation per label: the binary KL divergence to the teacher's label probabilities, at T."""
+        return binary_kl(output, teacher, temperature)
+
     def combine(self, outputs):
         if len(outputs) == 1:
             return outputs[0]
@@ -153,6 +165,9 @@ class MultiLabel(BaseTask):
         if targets is not None:
             table["target"] = [" ".join(n for n, on in zip(names, row) if on) for row in targets.cpu().numpy() > 0.5]
         return table | {f"prob_{name}": probs[:, k] for k, name in enumerate(names)}
+
+    def output_probabilities(self, output):
+        return {"probabilities": output.sigmoid()}  # one per label; the thresholds stay outside the model
 
     def outputs_from_table(self, table):
         names = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]

@@ -64,3 +64,9 @@ def test_checkpoint_stall_benchmark_smoke(monkeypatch, capsys):
     out = run_benchmark("checkpoint_stall.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
     assert "async_checkpoint false" in out and "hand-written, saves nothing" in out
     assert "defaults vs a hand-written loop that saves nothing" in out
+
+
+def test_analysis_scale_benchmark_smoke(monkeypatch, capsys):
+    out = run_benchmark("analysis_scale.py", "--rows", "2000", "--classes", "5", monkeypatch=monkeypatch,
+                        capsys=capsys)
+    assert "ratio to the reference" in out and "confusion.png" in out

@@ -37,6 +37,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError("command line", f"{message} (see --help)")
 
 
+def add_config_arguments(parser: ArgumentParser, options: list[CliOption], overrides_help: str) -> None:
+    """The arguments every script that reads a config shares: -d, --debug, the shortcut flags of
+    ``options`` and ``KEY.PATH=VALUE`` overrides (read back with ``overrides_of``)."""
+    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
+    for option in options:
+        parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help=overrides_help)
+
+
+def overrides_of(args, options: list[CliOption]) -> dict:
+    """The config changes a parsed command line asks for: the shortcut flags given, then ``KEY.PATH=VALUE``."""
+    from utils.config.overrides import parse_overrides
+
+    flags = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in options
+             if getattr(args, o.flags[0].lstrip("-"), None) is not None}
+    return flags | parse_overrides(getattr(args, "overrides", []))
+
+
 def debug_requested(argv: list[str] | None = None) -> bool:
     """True when ``--debug`` is on the command line or TEMPLATE_DEBUG=1 is set."""
     argv = sys.argv[1:] if argv is None else argv

@@ -27,7 +27,10 @@ FIXED_ON_RESUME = {
     "data_loader.args.validation_split": "the split into training and validation samples",
     "data_loader.args.split_seed": "the split into training and validation samples",
     "data_loader.args.stratify": "the split into training and validation samples",
+    "data_loader.args.group_split": "the split into training and validation samples",
     "lr_scheduler.type": "the scheduler whose state the checkpoint holds",
+    "loss.args.teacher": "the teacher's soft labels the finished epochs learned from",
+    "pseudo_labels": "the pseudo-labelled samples the finished epochs trained on",
 }
 
 
@@ -52,14 +55,6 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, dict]:
     return changes
 
 
-def with_defaults(config: dict) -> dict:
-    """A saved config with today's defaults filled in, so that a new default is not a change."""
-    try:
-        return config_schema.validate(copy.deepcopy(config))
-    except ConfigError:
-        return config
-
-
 def check_resume_changes(changes: dict[str, dict]) -> None:
     """Refuse a change that would make the finished epochs mean something else."""
     for path, change in changes.items():
@@ -72,7 +67,11 @@ def check_resume_changes(changes: dict[str, dict]) -> None:
 
 def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
     """The changes from a run's saved config to the new one; a change resuming cannot honour is refused."""
-    changes = config_changes(with_defaults(saved), config)
+    try:  # today's defaults filled in, so that a key added since is not a change
+        saved = config_schema.validate(copy.deepcopy(saved))
+    except ConfigError:
+        pass
+    changes = config_changes(saved, config)
     check_resume_changes(changes)
     return changes
 

@@ -212,6 +212,17 @@ def check_all(config: dict) -> tuple[dict, object]:
             types[f"inference.{section}"] = check_component(f"inference.{section}", inference[section], section)
     for i, entry in enumerate(inference["tta"]):
         check_component(f"inference.tta.{i}", entry, "transforms")
+    if config["pseudo_labels"] is not None:
+        types["pseudo_labels.dataset"] = check_component("pseudo_labels.dataset", config["pseudo_labels"]["dataset"],
+                                                         "dataset")
+    loss = config["loss"]
+    if isinstance(loss, dict) and loss["type"] == "distillation":
+        base = loss["args"]["base"]
+        base = {"type": base} if isinstance(base, str) else base
+        if base["type"] == "distillation":
+            raise ConfigError("loss.args.base", "is the loss on the true labels, e.g. 'cross_entropy'; it cannot "
+                                                "be 'distillation' itself")
+        check_component("loss.args.base", base, "loss")
     return types, task
 
 

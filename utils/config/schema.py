@@ -4,6 +4,7 @@
 with the defaults filled in. Keys that start with "_" are comments and are ignored.
 """
 import copy
+import logging
 
 from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component_shape are used from here too)
     NONE,
@@ -20,6 +21,8 @@ from utils.config.fields import (  # noqa: F401  (did_you_mean and check_compone
     positive,
 )
 from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 COMPONENT_SECTIONS = ("arch", "dataset", "data_loader", "optimizer")
 
@@ -106,6 +109,19 @@ TUNE = {  # tune.py's search; the space entries are checked in utils/tune/space.
     "max_retry": Field((int,), 3, non_negative),
     "plots": Field((bool,), True),
 }
+DISTILLATION = {  # the args of "loss": {"type": "distillation"}
+    "teacher": Field((str,), REQUIRED),
+    "alpha": Field((float,), 0.5, fraction),
+    "temperature": Field((float,), 4.0, positive),
+    "base": Field((str, dict), "cross_entropy"),
+}
+PSEUDO_LABELS = {
+    "csv": Field((str,), REQUIRED),
+    "dataset": Field((dict,), REQUIRED),
+    "threshold": Field((float,), 0.9, fraction),
+    "soft": Field((bool,), False),
+    "weight": Field((float,), 1.0, positive),
+}
 TOP_LEVEL = {
     "name": Field((str,)),
     "n_gpu": Field((int,), 1, non_negative),
@@ -125,6 +141,7 @@ TOP_LEVEL = {
     "resume_history": Field((list,), [], history_entries),
     "task": Field((str, dict), "Classification"),
     "tune": Field((dict,), {}),
+    "pseudo_labels": Field((dict, NONE), None),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
 
@@ -159,6 +176,7 @@ def validate(config) -> dict:
     _check_training_recipe(resolved)
     if not isinstance(resolved["loss"], str):
         check_component_shape("loss", resolved["loss"])
+    _check_teacher_sections(resolved)
     for i, entry in enumerate(resolved["metrics"]):
         if not isinstance(entry, str):
             check_component_shape(f"metrics.{i}", entry, extra_keys=("name",))
@@ -207,12 +225,30 @@ def _check_training_recipe(resolved: dict) -> None:
                                                  f"{scheduler['type']}; use another scheduler")
 
 
+def _check_teacher_sections(resolved: dict) -> None:
+    """The ``distillation`` loss's args and the ``pseudo_labels`` section (utils/data/teacher.py)."""
+    loss = resolved["loss"]
+    if isinstance(loss, dict) and loss["type"] == "distillation":
+        args = loss["args"] = check_section("loss.args", loss.get("args", {}), DISTILLATION)
+        if not isinstance(args["base"], str):
+            check_component_shape("loss.args.base", args["base"])
+        if args["temperature"] < 1:
+            logger.warning("loss.args.temperature is %s: below 1 the teacher's labels get sharper, not softer "
+                           "(1 to 10 is usual)", args["temperature"])
+    if resolved["pseudo_labels"] is not None:
+        section = resolved["pseudo_labels"] = check_section("pseudo_labels", resolved["pseudo_labels"], PSEUDO_LABELS)
+        check_component_shape("pseudo_labels.dataset", section["dataset"])
+        if section["threshold"] < 0.5:
+            logger.warning("pseudo_labels.threshold is %s: samples the ensemble is unsure of get labels",
+                           section["threshold"])
+
+
 def metric_names(config: dict) -> list[str]:
     """The column names of the configured metrics: the type, or the entry's "name"."""
     return [entry if isinstance(entry, str) else entry.get("name", entry["type"]) for entry in config["metrics"]]
 
 
-RESERVED_COLUMNS = ("epoch", "loss", "lr", "epoch_time")
+RESERVED_COLUMNS = ("epoch", "loss", "lr", "epoch_time", "data_wait")
 
 
 def _check_metric_names(config: dict) -> None:
