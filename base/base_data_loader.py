@@ -87,7 +87,10 @@ class BaseDataLoader(DataLoader):
         if not isinstance(on_device, bool):
             raise ValueError(f"on_device: must be true or false, got {on_device!r}")
         self.device_data = DeviceData(dataset, device_of_this_process()) if on_device else None
-        num_workers = 0 if on_device else num_workers  # the batches are drawn on the device
+        if on_device and num_workers:
+            logger.info("data_loader.args.on_device: the batches are drawn on the device, without the %d "
+                        "worker processes of num_workers", num_workers)
+        num_workers = 0 if on_device else num_workers
         cuda = torch.cuda.is_available() and not on_device
         self.loader_kwargs = {
             "batch_size": batch_size,

@@ -16,7 +16,7 @@ from logger.recorder import RunRecorder, flatten
 from logger.visualization import input_grid
 from utils import distributed as dist
 from utils.checkpoint import training_state
-from utils.checkpoint.files import CheckpointWriter
+from utils.checkpoint.writer import CheckpointWriter
 from utils.cli import on_stop_signals
 from utils.data.timing import EpochClock
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted

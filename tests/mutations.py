@@ -223,10 +223,10 @@ SABOTAGES = [
     Sabotage("analysis: worst samples are the lowest losses", "utils/analysis/classification.py",
              "chosen = np.argpartition(-losses, top - 1)[:top]", "chosen = np.argpartition(losses, top - 1)[:top]",
              ["tests/test_analysis.py::test_worst_samples_are_the_highest_losses"]),
-    Sabotage("async checkpoint: the loop waits for the write", "utils/checkpoint/files.py",
+    Sabotage("async checkpoint: the loop waits for the write", "utils/checkpoint/writer.py",
              "        if wait or not self.background:", "        if True:",
              ["tests/test_speed.py::test_training_goes_on_while_a_checkpoint_is_written"]),
-    Sabotage("async checkpoint: the live tensors written, not a copy", "utils/checkpoint/files.py",
+    Sabotage("async checkpoint: the live tensors written, not a copy", "utils/checkpoint/writer.py",
              "            state = self._snapshot.copy(state)  # training waits for this copy only", "            pass",
              ["tests/test_speed.py::test_the_snapshot_is_taken_at_the_save"]),
     Sabotage("data_wait: the wait for a batch not counted", "utils/data/timing.py",
@@ -244,6 +244,9 @@ SABOTAGES = [
              "    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53",
              "    return np.full(len(x), (int(x[0]) >> 11) / 2.0**53)",
              ["tests/test_speed.py::test_on_device_augmentation_is_per_sample_and_seeded"]),
+    Sabotage("a failed write the loop waited for stops the main process alone", "utils/checkpoint/training_state.py",
+             "            error = failure", "            raise",
+             ["tests/test_speed.py::test_a_failed_write_under_ddp_stops_every_process"]),
 ]
 
 

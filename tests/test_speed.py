@@ -1,7 +1,11 @@
 """Speed without losing a guarantee: checkpoints written while training goes on, the time spent waiting
 for data measured (data_wait), and the data set held on the device (data_loader.args.on_device)."""
+import os
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -93,8 +97,8 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
 def test_the_snapshot_is_taken_at_the_save(tmp_path, monkeypatch):
     """A background write saves the state as it was at the save, not as training changed it since."""
     from utils.checkpoint import files
-    from utils.checkpoint.files import CheckpointWriter
     from utils.checkpoint.snapshot import StateSnapshot
+    from utils.checkpoint.writer import CheckpointWriter
 
     stepped, original = threading.Event(), files.save_checkpoint
     monkeypatch.setattr(files, "save_checkpoint", lambda state, path: stepped.wait(30) and original(state, path))
@@ -200,3 +204,40 @@ def test_on_device_refuses_a_transform_that_works_on_one_sample(tmp_path):
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: data_loader.args.on_device") and "RandomAffine" in lines[0]
 
+
+
+@pytest.fixture(scope="module")
+def ddp_run_after_epoch_1(tmp_path_factory):
+    """A 4-epoch DDP run killed after epoch 2 was recorded, before its checkpoint: last.pth holds epoch 1."""
+    from tests.test_distributed import DDP_CONFIG, torchrun
+
+    folder = tmp_path_factory.mktemp("ddp")
+    killed = torchrun("tests/launch.py", "train.py", "-c", str(make_config(folder, DDP_CONFIG)), timeout=240,
+                      env={"LAUNCH_KILL_AFTER_EPOCH": "2"})
+    assert killed.returncode != 0
+    (run,) = run_dirs(folder, "TinyIris")
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", [[], ["trainer.monitor=off"]], ids=["in the background", "waited for"])
+def test_a_failed_write_under_ddp_stops_every_process(ddp_run_after_epoch_1, tmp_path, change):
+    """Rank 0's write of epoch 2 fails (a file-size limit), in the background or (the first save after a
+    resume change) while the loop waits for it: both processes stop, each with one line, and the
+    previous checkpoint stays."""
+    from tests.test_faults import limit_file_size
+
+    run = shutil.copytree(ddp_run_after_epoch_1, tmp_path / "run")
+    size = (run / "last.pth").stat().st_size
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", "-r", str(run), *change], cwd=REPO, capture_output=True, text=True,
+                            timeout=240, preexec_fn=limit_file_size(size // 2),
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # One error line from each process (they may share a line of the common stderr), no traceback.
+    assert result.stderr.count("error: ") == 2, result.stderr
+    assert result.stderr.count("cannot write the checkpoint of epoch 2: File too large (EFBIG)") == 1, result.stderr
+    assert result.stderr.count("error: checkpoint: the main process could not write a checkpoint") == 1
+    assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
+    assert load_checkpoint(run / "last.pth")["epoch"] == 1 and not list(run.glob("*.tmp"))
+    assert len(pd.read_csv(run / "metrics.csv")) <= 3, "they went on training after the failure"

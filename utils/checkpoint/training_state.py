@@ -45,20 +45,38 @@ def capture(trainer, epoch: int, log: dict, batches_done: int = 0) -> dict:
 
 def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int = 0) -> None:
     """Write the run's last.pth (atomic, checksummed); link checkpoint-epoch{N}.pth every save_period
-    epochs and model_best.pth when the monitored value improved. Every process takes part (RNG states)."""
+    epochs and model_best.pth when the monitored value improved. Every process takes part (RNG states),
+    and every process stops when the main process could not write."""
     state = capture(trainer, epoch, log, batches_done)
-    if not dist.is_main_process():
-        return
-    links = []  # hard links to last.pth: no extra disk space, and atomic
-    if batches_done == 0 and trainer.save_period and epoch % trainer.save_period == 0:
-        links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
-    if best:
-        links.append(trainer.run_dir / "model_best.pth")
-    wait = trainer.config.unsaved_changes  # wait for the disk: a failed write stops here
-    message = f"saved model_best.pth ({trainer.monitor_key} {trainer.monitor_best:.6g})" if best else None
-    trainer.checkpoint_writer.save(state, trainer.run_dir / "last.pth", links, wait=wait, message=message)
+    writer = trainer.checkpoint_writer
+    agree_on_failure(trainer, writer.settle())  # the previous write, if it failed in the background since
+    wait = trainer.config.unsaved_changes or not writer.background  # the file is on disk when this returns
+    error = None
+    if dist.is_main_process():
+        links = []  # hard links to last.pth: no extra disk space, and atomic
+        if batches_done == 0 and trainer.save_period and epoch % trainer.save_period == 0:
+            links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
+        if best:
+            links.append(trainer.run_dir / "model_best.pth")
+        message = f"saved model_best.pth ({trainer.monitor_key} {trainer.monitor_best:.6g})" if best else None
+        try:
+            writer.save(state, trainer.run_dir / "last.pth", links, wait=wait, message=message)
+        except CheckpointError as failure:
+            error = failure
     if wait:
-        trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
+        agree_on_failure(trainer, error is not None, error)
+        if dist.is_main_process():
+            trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
+
+
+def agree_on_failure(trainer, failed: bool, error: CheckpointError | None = None) -> None:
+    """Stop every process when the main process's write failed: it raises the write's own error (a
+    pending one through ``wait()``), the others a line that points to it."""
+    if dist.all_max([float(failed)], trainer.device)[0]:
+        if error is not None:
+            raise error
+        trainer.checkpoint_writer.wait()
+        raise CheckpointError("checkpoint", "the main process could not write a checkpoint (see its error)")
 
 
 def epoch_state(trainer) -> dict:
