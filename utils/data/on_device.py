@@ -6,6 +6,8 @@ loader's sampler (seed, epoch) yields the same ``(index, sample seed)`` keys, so
 middle of an epoch and the DDP shares stay exact. The transforms run on whole batches; the random
 ones draw each sample's choice from its sample seed, so a sample is augmented the same way whatever
 batch or process it lands in (but not the same way as torchvision draws it on the CPU path).
+A transform step of your own runs on the device when it has ``batched = True``: it is called as
+``step(batch, seeds)``, with the batch's sample seeds as a tensor (None for evaluation batches).
 """
 import math
 from collections.abc import Iterator
