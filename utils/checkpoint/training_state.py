@@ -63,10 +63,10 @@ def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int =
             writer.save(state, trainer.run_dir / "last.pth", links, wait=wait, message=message)
         except CheckpointError as failure:
             error = failure
-    if wait:
-        agree_on_failure(trainer, error is not None, error)
-        if dist.is_main_process():
-            trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
+    # Every process, at every save: ``wait`` is only known for sure on the main process (config.json).
+    agree_on_failure(trainer, error is not None, error)
+    if wait and dist.is_main_process():
+        trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
 
 
 def agree_on_failure(trainer, failed: bool, error: CheckpointError | None = None) -> None:
