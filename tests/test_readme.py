@@ -66,7 +66,7 @@ def test_readme_command(command, tmp_path, capsys):
             continue
         assert tokens[0] == "python", part
         if tokens[1] == "-m":
-            assert tokens[2] in ("pytest", "utils.new_project")
+            assert tokens[2] in ("pytest", "utils.new_project", "utils.average_checkpoints")
             continue
         script, argv = tokens[1], tokens[2:]
         assert (REPO / script).is_file(), script

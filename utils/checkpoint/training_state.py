@@ -5,12 +5,15 @@ to the trainer: model, optimizer, scheduler, AMP scaler, EMA, position in the ru
 and the running totals of a half-done epoch.
 """
 import logging
+import math
 from pathlib import Path
 
 from utils import distributed as dist
+from utils.checkpoint import top_k
 from utils.checkpoint.files import FORMAT_VERSION, load_model_weights, strip_module_prefix
 from utils.checkpoint.pretrained import load_matching
 from utils.checkpoint.resume import ResumePoint
+from utils.checkpoint.resume_rates import check_group_layout, group_options
 from utils.errors import CheckpointError, ConfigError
 from utils.seeding import get_rng_state, seed_everything, set_rng_state
 
@@ -40,6 +43,8 @@ def capture(trainer, epoch: int, log: dict, batches_done: int = 0) -> dict:
         "loss_args": trainer.loss_args,
         "epoch_state": dist.gather_objects(epoch_state(trainer)) if batches_done else {},  # one per process
         "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+        "top_k": trainer.top_k.state_dict(),
+        "swa": trainer.swa.state_dict(),
     }
 
 
@@ -47,13 +52,17 @@ def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int =
     """Write the run's last.pth (atomic, checksummed); link checkpoint-epoch{N}.pth every save_period
     epochs and model_best.pth when the monitored value improved. Every process takes part (RNG states),
     and every process stops when the main process could not write."""
+    entered = batches_done == 0 and trainer.top_k.update(epoch, log)  # the checkpoint holds the new list
     state = capture(trainer, epoch, log, batches_done)
     writer = trainer.checkpoint_writer
     agree_on_failure(trainer, writer.settle())  # the previous write, if it failed in the background since
-    wait = trainer.config.unsaved_changes or not writer.background  # the file is on disk when this returns
+    # The file is on disk when this returns: a new top-k file is listed (and the one that dropped out
+    # removed) only then.
+    wait = entered or trainer.config.unsaved_changes or not writer.background
     error = None
     if dist.is_main_process():
-        links = []  # hard links to last.pth: no extra disk space, and atomic
+        # hard links to last.pth: no extra disk space, and atomic
+        links = [trainer.run_dir / top_k.file_name(epoch)] if entered else []
         if batches_done == 0 and trainer.save_period and epoch % trainer.save_period == 0:
             links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
         if best:
@@ -65,6 +74,8 @@ def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int =
             error = failure
     # Every process, at every save: ``wait`` is only known for sure on the main process (config.json).
     agree_on_failure(trainer, error is not None, error)
+    if entered and dist.is_main_process():
+        trainer.top_k.write_listing(trainer.run_dir)
     if wait and dist.is_main_process():
         trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
 
@@ -90,6 +101,9 @@ def restore(trainer, point: ResumePoint) -> None:
     """Put ``trainer`` in the state ``point`` was saved in, with the config's changes applied from the
     resumed epoch on. The RNG states are set when training starts (``trainer.rng_to_restore``)."""
     logger.info("resuming from %s", point.path)
+    if point.get("averaged_from") is not None:
+        raise CheckpointError(str(point.path), "holds averaged weights without a training state: start a new "
+                                               "run from them with --finetune")
     check_arch(trainer, point.checkpoint, point.path)
     state = point.own("epoch_state")  # stopped mid-epoch: this process's running totals
     stopped_with = state.get("batch_size", trainer.data_loader.batch_size)
@@ -98,18 +112,22 @@ def restore(trainer, point: ResumePoint) -> None:
                                                          f"batch size {stopped_with}; resume with it (it may "
                                                          "change at the end of an epoch)")
     load_model_weights(trainer.raw_model, point["state_dict"], point.path)
-    if point["config"]["optimizer"]["type"] != trainer.config["optimizer"]["type"]:
-        logger.warning("the optimizer type changed since the checkpoint: its state is not restored")
-    else:
-        trainer.optimizer.load_state_dict(point["optimizer"])
-    if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None:
+    check_group_layout(trainer.optimizer, point["optimizer"])
+    new_groups = group_options(trainer.optimizer)  # the new config's options, before the state replaces them
+    trainer.optimizer.load_state_dict(point["optimizer"])
+    if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None \
+            and not point.replays_schedule(trainer.config.config):  # else rebuilt by apply_changes
         trainer.lr_scheduler.load_state_dict(point["lr_scheduler"])
     trainer.scaler.load_state_dict(point["scaler"])
     if trainer.ema is not None and point.get("ema"):
         trainer.ema.load_state_dict(point["ema"])
     elif trainer.ema is not None:
         logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
-    point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler)
+    steps_per_epoch = math.ceil(len(trainer.data_loader) / trainer.accum_steps)
+    trainer.lr_scheduler = point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler, new_groups,
+                                               steps_per_epoch)
+    trainer.top_k.load_state_dict(point.get("top_k"))  # a smaller save_top_k drops the worst at once
+    trainer.swa.load_state_dict(trainer, point.get("swa"))
     trainer.start_epoch, trainer.resume_batches = point["epoch"] + 1, point["batches_done"]
     trainer.resume_state, trainer.global_step = dict(state), point["global_step"]
     if point["config"]["trainer"]["monitor"] == trainer.monitor:
@@ -134,7 +152,7 @@ def load_weights(trainer, checkpoint: dict, path: Path) -> None:
     """--finetune: the model weights only; tensors whose shape changed (a new head) are skipped."""
     check_arch(trainer, checkpoint, path)
     state_dict = strip_module_prefix(checkpoint["state_dict"], trainer.raw_model.state_dict())
-    load_matching(trainer.raw_model, state_dict, str(path))  # a new head keeps its fresh values
+    load_matching(trainer.raw_model, state_dict, str(path), where="--finetune")  # a new head keeps its fresh values
     logger.info("fine-tuning from the weights of %s (epoch %d)", path, checkpoint["epoch"])
 
 

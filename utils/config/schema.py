@@ -20,6 +20,8 @@ from utils.config.fields import (  # noqa: F401  (did_you_mean and check_compone
     one_of,
     positive,
 )
+from utils.config.values import check_values
+from utils.config.weight_averaging import check_averaging
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ TRAINER = {
     "freeze_backbone_epochs": Field((int,), 0, non_negative),
     "ema": Field((dict, NONE), None),
     "mixup": Field((dict, NONE), None),
+    "save_top_k": Field((int,), 0, non_negative),
+    "average_top_k": Field((bool,), False),
+    "swa": Field((dict, NONE), None),
     "async_checkpoint": Field((bool,), True),
 }
 EMA = {
@@ -174,6 +179,7 @@ def validate(config) -> dict:
     for name in COMPONENT_SECTIONS:
         check_component_shape(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
     _check_training_recipe(resolved)
+    check_values(resolved)  # the optimizer's options (also per parameter group), the loader's batch
     if not isinstance(resolved["loss"], str):
         check_component_shape("loss", resolved["loss"])
     _check_teacher_sections(resolved)
@@ -209,6 +215,7 @@ def _check_training_recipe(resolved: dict) -> None:
     for key, schema in (("ema", EMA), ("mixup", MIXUP)):
         if trainer[key] is not None:
             trainer[key] = check_section(f"trainer.{key}", trainer[key], schema)
+    check_averaging(trainer)  # save_top_k, average_top_k, swa
     if resolved["lr_scheduler"] is None:
         return
     scheduler = resolved["lr_scheduler"] = _with_extras("lr_scheduler", resolved["lr_scheduler"], LR_SCHEDULER)
