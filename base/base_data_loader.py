@@ -5,10 +5,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from utils.data.on_device import DeviceData, DeviceLoader
 from utils.data.samplers import make_epoch_sampler
 from utils.data.splits import holdout_splitter, split_indices
 from utils.data.workers import loaders_with_workers
-from utils.distributed import get_rank, get_world_size
+from utils.distributed import device_of_this_process, get_rank, get_world_size
 from utils.seeding import worker_init_fn
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ class BaseDataLoader(DataLoader):
         split_seed: the seed of the validation split, kept apart so the split stays fixed when the
             run seed changes.
         pin_memory: pinned host memory for fast copies to the GPU; defaults to True on CUDA.
+        persistent_workers: keep the worker processes from one epoch to the next (default: with workers).
+        prefetch_factor: batches each worker loads ahead (default: 4 on CUDA, torch's 2 otherwise).
+        on_device: hold the whole data set as tensors on the device (the process's GPU, else the CPU)
+            and draw and transform the batches there, in the same order; no worker processes
+            (utils/data/on_device.py).
         group_split: with ``dataset.groups``, keep every group on one side of the validation split.
         sampler: None (every training sample once per epoch) or "balanced": draw with replacement,
             each class equally likely (utils/data/samplers.py); ``shuffle`` is then ignored.
@@ -54,6 +60,9 @@ class BaseDataLoader(DataLoader):
         group_split: bool = True,
         sampler: str | None = None,
         samples_per_epoch: int | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        on_device: bool = False,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
@@ -71,14 +80,26 @@ class BaseDataLoader(DataLoader):
         self.splitter = holdout_splitter(labelled, validation_split, stratify, group_split)  # for the log
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed}
         self.epoch_sampler = make_epoch_sampler(dataset, train_indices, shuffle, seed, sampler, samples_per_epoch)
-        pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
+                                            or prefetch_factor < 1 or num_workers == 0):
+            raise ValueError(f"prefetch_factor: must be a positive integer, with num_workers > 0; "
+                             f"got {prefetch_factor!r}")
+        if not isinstance(on_device, bool):
+            raise ValueError(f"on_device: must be true or false, got {on_device!r}")
+        self.device_data = DeviceData(dataset, device_of_this_process()) if on_device else None
+        if on_device and num_workers:
+            logger.info("data_loader.args.on_device: the batches are drawn on the device, without the %d "
+                        "worker processes of num_workers", num_workers)
+        num_workers = 0 if on_device else num_workers
+        cuda = torch.cuda.is_available() and not on_device
         self.loader_kwargs = {
             "batch_size": batch_size,
             "num_workers": num_workers,
             "collate_fn": collate_fn,
-            "pin_memory": pin_memory,
+            "pin_memory": cuda if pin_memory is None else pin_memory and not on_device,
             "worker_init_fn": worker_init_fn,
-            "persistent_workers": num_workers > 0,
+            "persistent_workers": num_workers > 0 if persistent_workers is None or on_device else persistent_workers,
+            "prefetch_factor": (prefetch_factor or (4 if cuda else None)) if num_workers > 0 else None,
         }
         # A generator of its own: creating an iterator never draws from the global torch RNG.
         generator = torch.Generator().manual_seed(seed)
@@ -86,6 +107,11 @@ class BaseDataLoader(DataLoader):
                          **self.loader_kwargs)
         if num_workers > 0:
             loaders_with_workers.add(self)
+
+    def __iter__(self):
+        if self.device_data is None:
+            return super().__iter__()
+        return self.device_data.batches(self.epoch_sampler, self.batch_size, self.drop_last, train=True)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of ``epoch``; call it before iterating over the epoch."""
@@ -103,6 +129,8 @@ class BaseDataLoader(DataLoader):
         # Each process validates its own share, without the padding a DistributedSampler adds,
         # so that no sample is counted twice.
         shard = self.valid_indices[get_rank() :: get_world_size()]
+        if self.device_data is not None:
+            return DeviceLoader(self.device_data, shard, self.batch_size, Subset(self.dataset.evaluation(), shard))
         loader = DataLoader(Subset(self.dataset.evaluation(), shard), shuffle=False, **self.loader_kwargs,
                             generator=torch.Generator().manual_seed(self.sampler_kwargs["seed"]))
         if self.num_workers > 0:

@@ -3,7 +3,6 @@ import logging
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -17,10 +16,11 @@ from logger.recorder import RunRecorder, flatten
 from logger.visualization import input_grid
 from utils import distributed as dist
 from utils.checkpoint import training_state
-from utils.checkpoint.files import CheckpointWriter
 from utils.checkpoint.monitor import update_monitor
 from utils.checkpoint.top_k import TopK
+from utils.checkpoint.writer import CheckpointWriter
 from utils.cli import on_stop_signals
+from utils.data.timing import EpochClock
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
 from utils.recipe.averaged_eval import finish_averages
 from utils.recipe.ema import ModelEma
@@ -85,7 +85,7 @@ class BaseTrainer:
         self.resume_batches, self.resume_state = 0, {}  # batches of start_epoch already done, and their totals
         self.wandb_id = self.wandb_group = self.wandb_name = None
         self.stop_signal = self.run_dir = self.resume_command = None  # kfold_train.py sets its resume command
-        self.checkpoint_writer = CheckpointWriter()
+        self.checkpoint_writer, self.clock = CheckpointWriter(background=options["async_checkpoint"]), EpochClock()
         # Each is called as callback(epoch, log) once the epoch's checkpoint is saved (tune.py prunes there).
         self.epoch_callbacks: list = []
 
@@ -160,12 +160,12 @@ class BaseTrainer:
         """Train and validate one epoch, then schedule, monitor, record and checkpoint it."""
         if self.freezer.set_epoch(epoch):
             self.model = rewrap_ddp(self.model)
-        self.epoch_started = time.perf_counter() - self.resume_state.pop("epoch_time", 0.0)
+        self.clock.start(self.resume_state.pop("epoch_time", 0.0), self.resume_state.pop("data_wait", 0.0))
         self.swa.begin_epoch(self, epoch)
         lrs = group_lrs(self.optimizer)  # the rates this epoch starts with: "lr", "lr_<group>"
         log = {"epoch": epoch, **self._train_epoch(epoch)}
         log |= {key: value for key, value in lrs.items() if key not in log}
-        log["epoch_time"] = time.perf_counter() - self.epoch_started
+        log |= self.clock.stop()  # epoch_time, data_wait
         step_epoch_scheduler(self.lr_scheduler, self.scheduler_interval, log, self.monitor_key)
         improved, stop_early = update_monitor(self, log)
         # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
@@ -193,8 +193,8 @@ class BaseTrainer:
             self.train_metrics.load_state_dict(self.resume_state.pop("train_metrics"), self.device)
         batches, recent_losses = first_batch + len(self.data_loader), []
         # Bars appear after half a second (delay): a short epoch or validation prints none, and costs less.
-        bar = tqdm(self.data_loader, desc=f"epoch {epoch}/{self.epochs}", total=batches, initial=first_batch,
-                   disable=not self.progress_bar, leave=False, dynamic_ncols=True, delay=0.5)
+        bar = tqdm(self.clock.timed(self.data_loader), desc=f"epoch {epoch}/{self.epochs}", total=batches,
+                   initial=first_batch, disable=not self.progress_bar, leave=False, dynamic_ncols=True, delay=0.5)
         for batch_idx, (data, target) in enumerate(bar, start=first_batch):
             data, target = self._to_device(data, target)
             # MixUp / CutMix: mixed inputs and soft targets for the step; the metrics keep the hard labels.
@@ -268,8 +268,8 @@ class BaseTrainer:
         self.valid_metrics.reset()
         self.figures.start_validation()
         with torch.inference_mode():
-            for data, target in tqdm(self.valid_data_loader, desc=f"validating {epoch}", disable=not self.progress_bar,
-                                     leave=False, dynamic_ncols=True, delay=0.5):
+            for data, target in tqdm(self.clock.timed(self.valid_data_loader), desc=f"validating {epoch}",
+                                     disable=not self.progress_bar, leave=False, dynamic_ncols=True, delay=0.5):
                 data, target = self._to_device(data, target)
                 with autocast(self.device, self.amp_dtype):
                     loss, output = self._valid_step(data, target)

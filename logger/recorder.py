@@ -22,6 +22,8 @@ def tensorboard_tag(key: str) -> str:
         return f"{key[8:]}/val_raw"
     if key == "epoch_time":
         return "time/epoch_seconds"
+    if key == "data_wait":  # the share of the epoch spent waiting for batches
+        return "time/data_wait"
     return f"{key[4:]}/val" if key.startswith("val_") else f"{key}/train"
 
 

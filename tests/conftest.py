@@ -200,6 +200,7 @@ LONGEST_FIRST = [
     "test_distributed.py",  # 180
     "test_tune.py",  # 115
     "test_resume.py",  # 100
+    "test_speed.py",  # 50
     "test_benchmarks.py",  # 40
     "test_tracking.py",  # 40
     "test_faults.py",  # 35

@@ -11,6 +11,8 @@ forward pass instead. What to inject comes from the environment (each one option
     LAUNCH_NAN_FROM=8           from the 8th training forward pass on, the model's outputs are NaN
     LAUNCH_KILL_AFTER_EPOCH=2   SIGKILL the process right after epoch 2 is recorded (metrics.csv,
                                 TensorBoard), before its checkpoint is written
+    LAUNCH_WRITE_DELAY=0.2      each checkpoint write takes this many seconds longer, half before the
+                                file is written and half after (so that a fault lands during a write)
 
 Only the components' public interfaces are touched (the model's call, the recorder's log_epoch), so the
 scripts run as they are.
@@ -66,6 +68,21 @@ def kill_after_epoch(epoch: int) -> None:
     RunRecorder.log_epoch = log_epoch
 
 
+def slow_writes(seconds: float) -> None:
+    import time
+
+    from utils.checkpoint import files
+
+    original = files.save_checkpoint
+
+    def save_checkpoint(*args, **kwargs):
+        time.sleep(seconds / 2)
+        original(*args, **kwargs)
+        time.sleep(seconds / 2)
+
+    files.save_checkpoint = save_checkpoint
+
+
 def main() -> None:
     signals: dict[int, list[int]] = {}
     for item in filter(None, os.environ.get("LAUNCH_SIGNALS", "").split(",")):
@@ -75,6 +92,8 @@ def main() -> None:
     instrument_model(signals, int(nan_from) if nan_from else None)
     if os.environ.get("LAUNCH_KILL_AFTER_EPOCH"):
         kill_after_epoch(int(os.environ["LAUNCH_KILL_AFTER_EPOCH"]))
+    if os.environ.get("LAUNCH_WRITE_DELAY"):
+        slow_writes(float(os.environ["LAUNCH_WRITE_DELAY"]))
     torch.set_num_threads(1)
     script, *args = sys.argv[1:]
     sys.argv = [script, *args]

@@ -53,7 +53,17 @@ def test_dataloading_benchmark_smoke(monkeypatch, capsys):
 
 
 def test_gpu_throughput_script_smoke(monkeypatch, capsys):
-    assert "bf16" in run_benchmark("gpu_throughput.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
+    out = run_benchmark("gpu_throughput.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
+    assert "bf16" in out and "data_wait" in out
+    rows = [line for line in out.splitlines() if line.startswith("tiny ResNet 32x32 (smoke), ")]
+    assert len(rows) == 4, out  # template and hand-written loop, with workers and on the device
+    assert "on-device data / worker processes" in out
+
+
+def test_checkpoint_stall_benchmark_smoke(monkeypatch, capsys):
+    out = run_benchmark("checkpoint_stall.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
+    assert "async_checkpoint false" in out and "hand-written, saves nothing" in out
+    assert "defaults vs a hand-written loop that saves nothing" in out
 
 
 def test_analysis_scale_benchmark_smoke(monkeypatch, capsys):

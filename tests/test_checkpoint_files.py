@@ -61,9 +61,9 @@ def load_plain(path: Path) -> dict:
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
-    """metrics.csv as text, without the epoch_time column (the only one that may differ between runs)."""
+    """metrics.csv as text, without the timing columns (epoch_time, data_wait: the only ones that may differ)."""
     frame = pd.read_csv(run_dir / "metrics.csv", dtype=str)
-    return frame.drop(columns="epoch_time").to_dict("records")
+    return frame.drop(columns=["epoch_time", "data_wait"]).to_dict("records")
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, *words: str) -> None:

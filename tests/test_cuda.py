@@ -54,3 +54,42 @@ def test_compile_on_cuda(tmp_path):
     (run,) = run_dirs(tmp_path)
     keys = torch.load(run / "last.pth", weights_only=True)["state_dict"].keys()
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+
+
+def test_a_snapshot_of_cuda_state_lands_in_reused_pinned_buffers():
+    from utils.checkpoint.snapshot import StateSnapshot
+
+    weights = torch.randn(1000, 100, device="cuda")
+    snapshot = StateSnapshot()
+    first = snapshot.copy({"w": weights, "step": torch.tensor(3.0)})
+    expected = weights.cpu()
+    weights.add_(1)  # the next step, after the save returned
+    assert first["w"].device.type == "cpu" and first["w"].is_pinned() and torch.equal(first["w"], expected)
+    second = snapshot.copy({"w": weights, "step": torch.tensor(4.0)})
+    assert second["w"].data_ptr() == first["w"].data_ptr(), "the pinned buffer is reused"
+    assert torch.equal(second["w"], weights.cpu())
+
+
+def test_on_device_batches_on_cuda_match_the_cpu_path():
+    from base.base_data_loader import BaseDataLoader
+    from dataset.datasets import DigitsDataset
+
+    args = {"batch_size": 64, "validation_split": 0.2, "seed": 3}
+    cpu, device = BaseDataLoader(DigitsDataset(), **args), BaseDataLoader(DigitsDataset(), **args, on_device=True)
+    cpu.set_epoch(2), device.set_epoch(2)
+    for (x, y), (dx, dy) in zip(cpu, device, strict=True):
+        assert dx.device.type == "cuda" and torch.equal(x, dx.cpu()) and torch.equal(y, dy.cpu())
+
+
+def test_on_device_with_background_checkpoints_resumes_bitwise_on_cuda(tmp_path):
+    (tmp_path / "straight").mkdir(), (tmp_path / "split").mkdir()
+    straight = make_config(tmp_path / "straight", **{"n_gpu": 1, "deterministic": True,
+                                                     "data_loader.args.on_device": True})
+    split = make_config(tmp_path / "split", **{"n_gpu": 1, "deterministic": True, "trainer.epochs": 1,
+                                               "data_loader.args.on_device": True})
+    run_script("train.py", "-c", str(straight), check=True)
+    run_script("train.py", "-c", str(split), check=True)
+    run_script("train.py", "-r", str(run_dirs(tmp_path / "split")[0]), "trainer.epochs=2", check=True)
+    expected, actual = (torch.load(run_dirs(tmp_path / name)[0] / "last.pth", weights_only=True)["state_dict"]
+                        for name in ("straight", "split"))
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)

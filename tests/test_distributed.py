@@ -47,7 +47,7 @@ def last_state(run) -> dict:
 
 
 def metrics_without_time(run) -> pd.DataFrame:
-    return pd.read_csv(run / "metrics.csv", dtype=str).drop(columns="epoch_time")
+    return pd.read_csv(run / "metrics.csv", dtype=str).drop(columns=["epoch_time", "data_wait"])
 
 
 @pytest.fixture(scope="module")

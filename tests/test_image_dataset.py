@@ -247,7 +247,7 @@ def test_train_py_on_the_image_folder_config(tmp_path):
     assert config["data_loader"]["args"]["num_workers"] == 0
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",") == ["epoch", "loss", "accuracy", "MacroF1", "val_loss", "val_accuracy", "val_MacroF1",
-                                  "lr", "epoch_time"]
+                                  "lr", "epoch_time", "data_wait"]
     assert len(rows) == 2
     assert set((REPO / "saved" / name).glob("*")) == repo_runs  # nothing written into the repository
 

@@ -49,8 +49,8 @@ def kfold_summary(run) -> pd.DataFrame:
 
 
 def without_epoch_time(metrics_csv) -> pd.DataFrame:
-    """metrics.csv as text (exact), without the epoch_time column (the only one that may differ)."""
-    return pd.read_csv(metrics_csv, dtype=str).drop(columns="epoch_time")
+    """metrics.csv as text (exact), without the timing columns (the only ones that may differ)."""
+    return pd.read_csv(metrics_csv, dtype=str).drop(columns=["epoch_time", "data_wait"])
 
 
 def as_text(csv_file) -> pd.DataFrame:

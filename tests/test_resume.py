@@ -97,11 +97,11 @@ def load_plain(path: Path) -> dict:
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
-    """metrics.csv as text, without the epoch_time column (the only one that may differ between runs)."""
+    """metrics.csv as text, without the timing columns (epoch_time, data_wait: the only ones that may differ)."""
     with open(run_dir / "metrics.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
-        del row["epoch_time"]
+        del row["epoch_time"], row["data_wait"]
     return rows
 
 

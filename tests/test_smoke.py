@@ -13,6 +13,6 @@ def test_train_tiny_config_end_to_end(tmp_path):
         assert (run / name).is_file(), name
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics.columns) == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy",
-                                     "val_top_k_acc", "lr", "epoch_time"]
+                                     "val_top_k_acc", "lr", "epoch_time", "data_wait"]
     assert list(metrics["epoch"]) == [1, 2]
     assert "val_accuracy" in result.stdout

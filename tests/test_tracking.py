@@ -78,7 +78,7 @@ def test_tensorboard_scalars_per_epoch_continue_after_resume(tracked_run):
     accumulator = events(run / "tensorboard")
     tags = accumulator.Tags()["scalars"]
     for tag in ("loss/train", "loss/val", "accuracy/train", "accuracy/val", "top_k_acc/val", "lr",
-                "time/epoch_seconds", "time/samples_per_second", "loss/train_step", "epoch"):
+                "time/epoch_seconds", "time/data_wait", "time/samples_per_second", "loss/train_step", "epoch"):
         assert tag in tags
     epochs = [event.value for event in accumulator.Scalars("epoch")]
     assert epochs == [1, 2, 3, 4, 5], "one value per epoch, no gap, no repeat across the resume"

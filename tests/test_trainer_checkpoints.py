@@ -99,7 +99,7 @@ def test_tiny_run_outputs(tmp_path):
                                                          "optimizer.args.lr": 0.02})
     columns, rows = read_metrics(run_dir)
     assert columns == ["epoch", "loss", "accuracy", "top_k_acc", "val_loss", "val_accuracy", "val_top_k_acc",
-                       "lr", "epoch_time"]
+                       "lr", "epoch_time", "data_wait"]
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     for row in rows:
         values = {k: float(v) for k, v in row.items()}

@@ -53,6 +53,11 @@ def local_device(n_gpu: int) -> torch.device:
     return torch.device("cpu")
 
 
+def device_of_this_process() -> torch.device:
+    """The GPU this process trains on (its own under torchrun), or the CPU without CUDA."""
+    return local_device(1)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over all processes, in place; returns it."""
     if is_distributed():

@@ -117,6 +117,7 @@ def final_metrics(runs: list):
             values["ece"] = run.analysis["calibration"]["ece_before"]
         curves = read_curves(run.curves)
         if curves is not None and len(curves):
-            values |= {f"last_epoch.{key}": value for key, value in curves.iloc[-1].items() if key != "epoch_time"}
+            values |= {f"last_epoch.{key}": value for key, value in curves.iloc[-1].items()
+                       if key not in ("epoch_time", "data_wait")}
         columns[run.name] = values
     return pd.DataFrame(columns).rename_axis("metric").reset_index()

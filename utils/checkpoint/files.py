@@ -4,7 +4,6 @@ A checkpoint is an ordinary ``torch.save`` file (a zip archive) whose archive co
 SHA-256 of the bytes before it. ``torch.load(path, weights_only=True)`` reads it as usual; this module
 also verifies the checksum, so a truncated or altered file is named instead of silently loaded.
 """
-import errno
 import hashlib
 import io
 import logging
@@ -13,7 +12,6 @@ import pickle
 import re
 import shutil
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -35,35 +33,58 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a mix.
     (The folder itself is not fsynced: after a power loss the rename may be undone, which leaves
-    the previous, complete checkpoint.)
+    the previous, complete checkpoint.) The bytes go straight from ``torch.save`` to the file,
+    hashed on the way (no copy of the whole checkpoint in memory).
     """
-    write_checkpoint_bytes(serialize(state), path)
-
-
-def serialize(state: dict) -> bytearray:
-    """The bytes of ``torch.save(state)``; ``write_checkpoint_bytes`` adds the checksum."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return bytearray(buffer.getbuffer())
-
-
-def write_checkpoint_bytes(data: bytearray, path: str | Path) -> None:
-    """Add the checksum to serialized bytes and write them atomically (see ``save_checkpoint``)."""
-    if data[-22:-18] != _ZIP_END_SIGNATURE or data[-2:] != b"\0\0":
-        raise RuntimeError("torch.save wrote an archive with a comment; cannot add the checksum")
-    data[-2:] = _CHECKSUM_LENGTH.to_bytes(2, "little")  # declare the comment that follows
-    data += _CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode()
     path = Path(path)
     temp = path.with_name(path.name + TEMP_SUFFIX)
     try:
         with open(temp, "wb") as file:
-            file.write(data)
+            stream = _ChecksummedStream(file)
+            torch.save(state, stream)
+            stream.finish()
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)  # a full disk must not stay full of a half-written file
         raise
+
+
+class _ChecksummedStream:
+    """Passes ``torch.save``'s bytes to a file and hashes them, holding back the archive's last 22 bytes
+    (the end-of-central-directory record) until ``finish`` declares the checksum comment in it."""
+
+    def __init__(self, file):
+        self.file, self.hash, self.tail = file, hashlib.sha256(), b""
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if len(view) >= 22:
+            self._out(self.tail)
+            self._out(view[:-22])  # no copy: hashlib and the file release the GIL on large chunks
+            self.tail = bytes(view[-22:])
+        else:
+            joined = self.tail + bytes(view)
+            self._out(joined[:-22])
+            self.tail = joined[-22:]
+        return len(view)
+
+    def flush(self) -> None:
+        pass  # the file is flushed once, when the archive is complete
+
+    def _out(self, chunk) -> None:
+        if len(chunk):
+            self.hash.update(chunk)
+            self.file.write(chunk)
+
+    def finish(self) -> None:
+        tail = bytearray(self.tail)
+        if tail[:4] != _ZIP_END_SIGNATURE or tail[-2:] != b"\0\0":
+            raise RuntimeError("torch.save wrote an archive with a comment; cannot add the checksum")
+        tail[-2:] = _CHECKSUM_LENGTH.to_bytes(2, "little")  # declare the comment that follows
+        self._out(tail)
+        self.file.write(_CHECKSUM_TAG + self.hash.hexdigest().encode())
 
 
 def link_checkpoint(source: str | Path, target: str | Path) -> None:
@@ -83,73 +104,6 @@ def link_checkpoint(source: str | Path, target: str | Path) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-
-
-class CheckpointWriter:
-    """Writes checkpoints to disk in a background thread, so that training does not wait for the disk.
-
-    ``save`` serializes the state before it returns (so training may change the model right away);
-    the checksum, the write, the fsync and the renames happen in the background, one save at a time,
-    in order (or in the calling thread with ``wait=True``, when the caller needs the file at once).
-    ``wait()`` finishes the pending save and re-raises its error, if any: a failed write (a full
-    disk, a file-size limit, an I/O or permission error) is a CheckpointError that says what is
-    still safe on disk, and leaves no temporary file behind.
-
-    Examples:
-        >>> writer = CheckpointWriter()
-        >>> writer.save(state, run_dir / "last.pth", links=[run_dir / "model_best.pth"])
-        >>> writer.wait()   # before reading the files, and before the program exits
-    """
-
-    def __init__(self):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-        self._pending: Future | None = None
-        self._written: dict[Path, str] = {}  # file -> what it holds, for the files this writer wrote
-
-    def save(self, state: dict, path: str | Path, links: list[Path] = (), wait: bool = False) -> None:
-        """Save ``state`` to ``path`` and hard-link it as each of ``links``; with ``wait``, return once
-        they are on disk (written by the calling thread: handing them to the thread would only cost more)."""
-        data = serialize(state)
-        self.wait()
-        what = f"epoch {state.get('epoch')}" + (f", batch {state['batches_done']}" if state.get("batches_done") else "")
-        if wait:
-            self._write(data, Path(path), list(links), what)
-        else:
-            self._pending = self._executor.submit(self._write, data, Path(path), list(links), what)
-
-    def _write(self, data: bytearray, path: Path, links: list[Path], what: str) -> None:
-        target = path
-        try:
-            write_checkpoint_bytes(data, path)
-            self._written[path] = what
-            for target in links:
-                link_checkpoint(path, target)
-                self._written[target] = what
-        except OSError as error:
-            raise CheckpointError(str(target), self._failure(error, target, what)) from None
-
-    def _failure(self, error: OSError, target: Path, what: str) -> str:
-        """Why the save of ``what`` to ``target`` failed, and what is still safe on disk."""
-        reason = f"{error.strerror or error} ({errno.errorcode.get(error.errno, 'error')})"
-        safe = [f"{path.name} ({held})" for path, held in self._written.items() if path.is_file()]
-        if target.is_file() and target not in self._written:
-            safe.insert(0, f"the previous {target.name}")
-        kept = f"still safe on disk: {', '.join(safe)}" if safe else "no checkpoint of this run is on disk"
-        return f"cannot write the checkpoint of {what}: {reason}; {kept}. Free some space (or fix the folder), " \
-               "then resume"
-
-    def failed(self) -> bool:
-        """Whether a save that has finished in the background failed (``wait()`` raises its error).
-
-        It does not wait: training checks it at its regular host syncs, so a failed write stops the
-        run within a few batches instead of at the next save.
-        """
-        return self._pending is not None and self._pending.done() and self._pending.exception() is not None
-
-    def wait(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
 
 
 def clean_temp_files(folder: str | Path) -> None:

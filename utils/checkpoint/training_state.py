@@ -6,7 +6,6 @@ and the running totals of a half-done epoch.
 """
 import logging
 import math
-import time
 from pathlib import Path
 
 from utils import distributed as dist
@@ -51,31 +50,50 @@ def capture(trainer, epoch: int, log: dict, batches_done: int = 0) -> dict:
 
 def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int = 0) -> None:
     """Write the run's last.pth (atomic, checksummed); link checkpoint-epoch{N}.pth every save_period
-    epochs and model_best.pth when the monitored value improved. Every process takes part (RNG states)."""
+    epochs and model_best.pth when the monitored value improved. Every process takes part (RNG states),
+    and every process stops when the main process could not write."""
     entered = batches_done == 0 and trainer.top_k.update(epoch, log)  # the checkpoint holds the new list
     state = capture(trainer, epoch, log, batches_done)
-    if not dist.is_main_process():
-        return
-    # hard links to last.pth: no extra disk space, and atomic
-    links = [trainer.run_dir / top_k.file_name(epoch)] if entered else []
-    if batches_done == 0 and trainer.save_period and epoch % trainer.save_period == 0:
-        links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
-    if best:
-        links.append(trainer.run_dir / "model_best.pth")
-    wait = best or entered or trainer.config.unsaved_changes  # wait for the disk: a failed write stops here
-    trainer.checkpoint_writer.save(state, trainer.run_dir / "last.pth", links, wait=wait)
-    if entered:  # the listing once the new file is on disk, then the file that dropped out goes
+    writer = trainer.checkpoint_writer
+    agree_on_failure(trainer, writer.settle())  # the previous write, if it failed in the background since
+    # The file is on disk when this returns: a new top-k file is listed (and the one that dropped out
+    # removed) only then.
+    wait = entered or trainer.config.unsaved_changes or not writer.background
+    error = None
+    if dist.is_main_process():
+        # hard links to last.pth: no extra disk space, and atomic
+        links = [trainer.run_dir / top_k.file_name(epoch)] if entered else []
+        if batches_done == 0 and trainer.save_period and epoch % trainer.save_period == 0:
+            links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
+        if best:
+            links.append(trainer.run_dir / "model_best.pth")
+        message = f"saved model_best.pth ({trainer.monitor_key} {trainer.monitor_best:.6g})" if best else None
+        try:
+            writer.save(state, trainer.run_dir / "last.pth", links, wait=wait, message=message)
+        except CheckpointError as failure:
+            error = failure
+    # Every process, at every save: ``wait`` is only known for sure on the main process (config.json).
+    agree_on_failure(trainer, error is not None, error)
+    if entered and dist.is_main_process():
         trainer.top_k.write_listing(trainer.run_dir)
-    if wait:
+    if wait and dist.is_main_process():
         trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
-    if best:
-        logger.info("saved model_best.pth (%s %.6g)", trainer.monitor_key, trainer.monitor_best)
+
+
+def agree_on_failure(trainer, failed: bool, error: CheckpointError | None = None) -> None:
+    """Stop every process when the main process's write failed: it raises the write's own error (a
+    pending one through ``wait()``), the others a line that points to it."""
+    if dist.all_max([float(failed)], trainer.device)[0]:
+        if error is not None:
+            raise error
+        trainer.checkpoint_writer.wait()
+        raise CheckpointError("checkpoint", "the main process could not write a checkpoint (see its error)")
 
 
 def epoch_state(trainer) -> dict:
     """What is needed to finish a half-done epoch exactly: its time so far, the training metrics'
     running totals and the batch size (the position in the epoch counts batches of that size)."""
-    return {"epoch_time": time.perf_counter() - trainer.epoch_started,
+    return {"epoch_time": trainer.clock.elapsed(), "data_wait": trainer.clock.waited,
             "train_metrics": trainer.train_metrics.state_dict(), "batch_size": trainer.data_loader.batch_size}
 
 

@@ -52,6 +52,7 @@ TRAINER = {
     "save_top_k": Field((int,), 0, non_negative),
     "average_top_k": Field((bool,), False),
     "swa": Field((dict, NONE), None),
+    "async_checkpoint": Field((bool,), True),
 }
 EMA = {
     "decay": Field((float,), 0.9998, lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
@@ -254,7 +255,7 @@ def metric_names(config: dict) -> list[str]:
     return [entry if isinstance(entry, str) else entry.get("name", entry["type"]) for entry in config["metrics"]]
 
 
-RESERVED_COLUMNS = ("epoch", "loss", "lr", "epoch_time")
+RESERVED_COLUMNS = ("epoch", "loss", "lr", "epoch_time", "data_wait")
 
 
 def _check_metric_names(config: dict) -> None:
