@@ -64,10 +64,7 @@ class BaseDataLoader(DataLoader):
         prefetch_factor: int | None = None,
         on_device: bool = False,
     ):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
+        check_loader_args(batch_size, num_workers, prefetch_factor, on_device)
         if len(dataset) == 0:
             raise ValueError("dataset: is empty")
         # Only the labelled part is split; samples after it (pseudo-labels) only ever train.
@@ -80,12 +77,6 @@ class BaseDataLoader(DataLoader):
         self.splitter = holdout_splitter(labelled, validation_split, stratify, group_split)  # for the log
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed}
         self.epoch_sampler = make_epoch_sampler(dataset, train_indices, shuffle, seed, sampler, samples_per_epoch)
-        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
-                                            or prefetch_factor < 1 or num_workers == 0):
-            raise ValueError(f"prefetch_factor: must be a positive integer, with num_workers > 0; "
-                             f"got {prefetch_factor!r}")
-        if not isinstance(on_device, bool):
-            raise ValueError(f"on_device: must be true or false, got {on_device!r}")
         self.device_data = DeviceData(dataset, device_of_this_process()) if on_device else None
         if on_device and num_workers:
             logger.info("data_loader.args.on_device: the batches are drawn on the device, without the %d "
@@ -136,3 +127,16 @@ class BaseDataLoader(DataLoader):
         if self.num_workers > 0:
             loaders_with_workers.add(loader)
         return loader
+
+
+def check_loader_args(batch_size, num_workers, prefetch_factor, on_device) -> None:
+    """A ValueError naming the argument for a value the loader cannot use."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
+    if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int)
+                                        or prefetch_factor < 1 or num_workers == 0):
+        raise ValueError(f"prefetch_factor: must be a positive integer, with num_workers > 0; got {prefetch_factor!r}")
+    if not isinstance(on_device, bool):
+        raise ValueError(f"on_device: must be true or false, got {on_device!r}")
