@@ -18,6 +18,7 @@ import torch
 from base.metric_tracker import Scorer
 from config_parser import ConfigParser, parse_overrides
 from logger.logger import setup_logging
+from train import build_data_loader
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, run_cli
 from utils.config.components import build_transform, call, parameters, resolve, section_module
@@ -45,7 +46,7 @@ def checkpoint_paths(targets: list[str]) -> list[Path]:
 def test_loader(config: ConfigParser, split: str):
     """The loader of the data to predict: the test data, or the run's validation split."""
     if split == "valid":
-        valid_loader = config.init_data_loader("data_loader").split_validation()
+        valid_loader = build_data_loader(config, config.init_obj("task")).split_validation()  # the run's own split
         if valid_loader is None:
             raise ConfigError("inference.split", "'valid' needs a validation split, but validation_split is 0")
         return valid_loader
@@ -64,7 +65,18 @@ def test_loader(config: ConfigParser, split: str):
             args["eval_transform"] = build_transform(inherited, "dataset.args.eval_transform")
     dataset = config.init_obj(section, **args).evaluation()
     loader_section = "inference.data_loader" if config["inference"]["data_loader"] is not None else "data_loader"
-    return config.init_data_loader(loader_section, dataset=dataset, validation_split=0, shuffle=False)
+    return config.init_data_loader(loader_section, dataset=dataset, **prediction_loader_args(config, loader_section))
+
+
+def prediction_loader_args(config: ConfigParser, section: str) -> dict:
+    """What the test loader overrides in its section: every sample once, in order, none held out.
+
+    How the training part is drawn (``sampler``, ``samples_per_epoch``) and ``drop_last`` are about
+    training: the test data is read as it is, labelled or not.
+    """
+    args = config.get(section).get("args", {})
+    overrides = {"sampler": None, "samples_per_epoch": None, "drop_last": False}
+    return {"validation_split": 0, "shuffle": False} | {key: value for key, value in overrides.items() if key in args}
 
 
 def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch.device,

@@ -20,7 +20,8 @@ from utils import distributed as dist
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
 from utils.cli import CLI_OPTIONS, CliOption, interrupt_on_signals, run_cli
 from utils.data.class_weights import resolve_loss_args
-from utils.data.splits import describe_folds, group_folds
+from utils.data.splits import describe_folds, group_folds, stratification_labels
+from utils.data.workers import stop_workers
 from utils.errors import ConfigError
 from utils.predict import write_held_out_predictions
 from utils.recipe.ema import model_weights
@@ -52,6 +53,17 @@ def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle
         return list(splitter.split(np.zeros(n_samples), targets if stratified else None))
     except ValueError as error:
         raise ConfigError("kfold.n_splits", str(error)) from None
+
+
+def dataset_folds(config: ConfigParser, dataset) -> tuple[list, list | None]:
+    """(the folds of the config's "kfold" section over ``dataset``, the groups they keep whole or None),
+    stratified on the task's labels (tune.py's k-fold trials use the same folds)."""
+    options = config["kfold"]
+    labels = stratification_labels(config.init_obj("task"), dataset, options["n_bins"])
+    groups = getattr(dataset, "groups", None) if options["group"] else None
+    folds = make_folds(labels, len(dataset), options["n_splits"], options["stratified"], options["shuffle"],
+                       config["seed"] if options["seed"] is None else options["seed"], groups)
+    return folds, groups
 
 
 def check_same_folds(config: ConfigParser, folds: list) -> None:
@@ -97,6 +109,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
                                held_out, train_dataset, trainer.device, trainer.task, trainer.amp_dtype,
                                trainer.progress_bar)
+    stop_workers(trainer.data_loader, trainer.valid_data_loader)  # the next fold starts workers of its own
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
         row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]
@@ -163,12 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_determinism(config["deterministic"])
 
     train_dataset = config.init_obj("dataset")
-    options = config["kfold"]
-    task = config.init_obj("task")
-    labels = None if train_dataset.targets is None else task.stratify_labels(train_dataset.targets, options["n_bins"])
-    groups = getattr(train_dataset, "groups", None) if options["group"] else None
-    folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
-                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
+    folds, groups = dataset_folds(config, train_dataset)
     if config.dry_run:
         trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])
         dry_run(config, trainer, check_one_batch(trainer))
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     check_same_folds(config, folds)
     config.start_run()
     if groups is not None:
-        logger.info(describe_folds(folds, groups, options["stratified"]))
+        logger.info(describe_folds(folds, groups, config["kfold"]["stratified"]))
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.

@@ -15,7 +15,9 @@ from trainer.trainer import Trainer
 from utils import distributed as dist
 from utils.checkpoint.files import load_checkpoint, read_resume_checkpoint
 from utils.cli import blame, run_cli
+from utils.config.components import parameters
 from utils.data.class_weights import resolve_loss_args
+from utils.data.splits import stratification_labels
 from utils.errors import ConfigError
 from utils.recipe.param_groups import build_optimizer
 from utils.recipe.schedulers import build_lr_scheduler
@@ -28,11 +30,11 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
 
     kfold_train.py calls this for each fold, with the fold's validation indices in ``loader_kwargs``.
     """
-    data_loader = config.init_data_loader("data_loader", **loader_kwargs)
+    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
+    data_loader = build_data_loader(config, task, **loader_kwargs)
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
-    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
     task.check_labels(data_loader.dataset, config["arch"]["args"].get("num_classes"), "arch.args.num_classes")
     if dist.is_distributed():
         device, device_ids = dist.local_device(config["n_gpu"]), []
@@ -60,6 +62,20 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     elif config.finetune is not None:
         trainer.load_weights(load_checkpoint(config.finetune), config.finetune)
     return trainer
+
+
+def build_data_loader(config: ConfigParser, task, dataset=None, **loader_kwargs):
+    """The training loader, its validation split stratified on what the task says (MultiHead: the
+    combined class), as k-fold's folds are. inference.py's ``--split valid`` rebuilds it so.
+
+    Examples:
+        >>> valid_loader = build_data_loader(config, config.init_obj("task")).split_validation()
+    """
+    dataset = config.init_obj("dataset") if dataset is None else dataset
+    names, _, any_keyword = parameters(config.lookup("data_loader"))
+    if "stratify_labels" in names or any_keyword:  # a loader of one's own may not take them
+        loader_kwargs.setdefault("stratify_labels", stratification_labels(task, dataset, config["kfold"]["n_bins"]))
+    return config.init_data_loader("data_loader", dataset=dataset, **loader_kwargs)
 
 
 def check_one_batch(trainer) -> torch.Tensor:

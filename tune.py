@@ -21,6 +21,7 @@ from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption, interrupt_on_signa
 from utils.config.components import section_module
 from utils.config.overrides import parse_overrides
 from utils.config.schema import check_path_part
+from utils.data.workers import stop_workers
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.seeding import configure_determinism, seed_everything
 from utils.tune.report import write_hparams, write_results
@@ -113,6 +114,7 @@ class TrialRunner:
         """Train one trial on every process; returns its best monitored value (the k-fold mean)."""
         reporter = Reporter(trial, self.monitor_key)
         run_dir = Path(spec["run_dir"])
+        trainer = None
         try:
             if self.settings["kfold"]:
                 return self._train_kfold(ConfigParser(spec["config"], run_dir=run_dir), reporter)
@@ -131,18 +133,18 @@ class TrialRunner:
         except NonFiniteLossError as error:
             reporter.stop(f"pruned: {error}")
         finally:
+            if trainer is not None:  # the next trial starts workers of its own
+                stop_workers(trainer.data_loader, trainer.valid_data_loader)
             setup_logging(self.sweep_dir, self.base["trainer"]["verbosity"], dist.is_main_process())
 
     def _train_kfold(self, config: ConfigParser, reporter: Reporter) -> float:
         """kfold_train.py's folds; the running mean of the folds' best values is reported after each fold."""
-        from kfold_train import check_same_folds, make_folds, run_fold, summarize
+        from kfold_train import check_same_folds, dataset_folds, run_fold, summarize
 
         seed_everything(config["seed"])
         configure_determinism(config["deterministic"])
         train_dataset = config.init_obj("dataset", section_module("dataset"))
-        options = config["kfold"]
-        folds = make_folds(train_dataset.targets, len(train_dataset), options["n_splits"], options["stratified"],
-                           options["shuffle"], config["seed"] if options["seed"] is None else options["seed"])
+        folds, _ = dataset_folds(config, train_dataset)
         check_same_folds(config, folds)
         config.start_run()
         rows = []

@@ -31,6 +31,8 @@ class BaseDataLoader(DataLoader):
         sampler: None (every training sample once per epoch) or "balanced": draw with replacement,
             each class equally likely (utils/data/samplers.py); ``shuffle`` is then ignored.
         samples_per_epoch: draws per epoch of the balanced sampler (default: the training part's size).
+        stratify_labels: what a stratified split keeps in proportion, one label per sample (default:
+            ``dataset.targets``); train.py passes the task's (a MultiHead's combined class).
 
     Examples:
         >>> loader = BaseDataLoader(DigitsDataset(), batch_size=64, validation_split=0.1)
@@ -53,6 +55,7 @@ class BaseDataLoader(DataLoader):
         group_split: bool = True,
         sampler: str | None = None,
         samples_per_epoch: int | None = None,
+        stratify_labels=None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
@@ -61,7 +64,7 @@ class BaseDataLoader(DataLoader):
         if len(dataset) == 0:
             raise ValueError("dataset: is empty")
         train_indices, self.valid_indices = split_indices(dataset, validation_split, stratify, split_seed,
-                                                          group_split)
+                                                          group_split, stratify_labels)
         self.train_indices = train_indices
         self.splitter = holdout_splitter(dataset, validation_split, stratify, group_split)  # for the log
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed}

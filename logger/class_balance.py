@@ -13,10 +13,11 @@ def class_counts(targets, indices, num_classes: int) -> np.ndarray:
 
 def class_balance_table(train_counts, valid_counts, names) -> str:
     """A short text table: one row per class with its training and validation counts and shares."""
-    lines = [f"{'class':<16}{'train':>8}{'%':>7}{'valid':>8}{'%':>7}"]
+    width = max([len("class"), *(len(str(name)) for name in names)]) + 1  # whole names: they may share a prefix
+    lines = [f"{'class':<{width}}{'train':>8}{'%':>7}{'valid':>8}{'%':>7}"]
     train_total, valid_total = max(int(train_counts.sum()), 1), max(int(valid_counts.sum()), 1)
     for name, train, valid in zip(names, train_counts, valid_counts):
-        lines.append(f"{str(name)[:15]:<16}{train:>8}{100 * train / train_total:>6.1f}%"
+        lines.append(f"{str(name):<{width}}{train:>8}{100 * train / train_total:>6.1f}%"
                      f"{valid:>8}{100 * valid / valid_total:>6.1f}%")
     return "\n".join(lines)
 
