@@ -25,6 +25,7 @@ from utils.config.components import build_transform, call, parameters, resolve, 
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.predict import predict_to_csv, stop_on_signals
 from utils.recipe.ema import model_weights
+from utils.submission import read_submission_csv, write_submission
 from utils.util import amp_dtype, prepare_device, read_json
 
 logger = logging.getLogger("inference")
@@ -102,6 +103,9 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
     """Stream the predictions to ``output``; with labels, print and log the loss and the metrics
     (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with)."""
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
+    if tta:
+        logger.info("test-time augmentation: %d views of each batch averaged, the batch itself and %s", len(tta) + 1,
+                    ", ".join(repr(transform.transforms[0]) for transform in tta))
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     ids = [dataset.sample_id(int(i)) for i in indices]
@@ -152,10 +156,17 @@ def main(argv: list[str] | None = None) -> None:
     if config["inference"]["split"] == "valid" and len(paths) > 1:
         raise ConfigError("--split valid", "scores the validation split of one run; the out-of-fold predictions "
                                            "of a k-fold run are in its oof_predictions.csv")
-    output = Path(args.output or config["inference"]["output"] or _default_output(Path(args.resume[0])))
+    output = Path(args.output or config["inference"]["output"]
+                  or _default_output(Path(args.resume[0]), config["inference"]["split"]))
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
+
+    submission_table = None  # checked before anything is predicted
+    if config["inference"]["submission"] is not None and config["inference"]["split"] == "valid":
+        logger.warning("inference.submission: not written for predictions of the validation split")
+    elif config["inference"]["submission"] is not None:
+        submission_table = read_submission_csv(config["inference"]["submission"])
 
     device, _ = prepare_device(config["n_gpu"])
     # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
@@ -177,10 +188,18 @@ def main(argv: list[str] | None = None) -> None:
 
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
     predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"))
+    if submission_table is not None:
+        options = config["inference"]["submission"]
+        path = write_submission(submission_table, output, options, Path(options["output"] or
+                                                                        output.with_name("submission.csv")))
+        logger.info("wrote %s: %s filled in for its %d rows", path, options["column"], len(submission_table))
 
 
-def _default_output(resume: Path) -> Path:
-    return (resume.parent if resume.is_file() else resume) / "predictions.csv"
+def _default_output(resume: Path, split: str) -> Path:
+    """predictions.csv beside the checkpoint; predictions_valid.csv for the validation split, so that
+    scoring it never overwrites the test predictions."""
+    name = "predictions_valid.csv" if split == "valid" else "predictions.csv"
+    return (resume.parent if resume.is_file() else resume) / name
 
 
 if __name__ == "__main__":

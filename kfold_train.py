@@ -99,7 +99,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     trainer.resume_command = f"python kfold_train.py -r {config.run_dir}"
     trainer.wandb_group, trainer.wandb_name = f"{config['name']}/{config.run_dir.name}", f"fold_{fold}"
     fold_config.start_run()
-    logger.info("fold %d/%d: %d training, %d held-out samples%s", fold + 1, config["kfold"]["n_splits"],
+    logger.info("fold_%d (%d of %d): %d training, %d held-out samples%s", fold, fold + 1, config["kfold"]["n_splits"],
                 len(trainer.data_loader.train_indices), len(held_out), " (resumed)" if resumable else "")
     trainer.train()
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
             if result_file.is_file():
-                logger.info("fold %d/%d is finished: skipping it", fold + 1, len(folds))
+                logger.info("fold_%d (%d of %d) is finished: skipping it", fold, fold + 1, len(folds))
                 rows.append(json.loads(result_file.read_text()))
                 continue
             rows.append(run_fold(config, fold, train_dataset, held_out))

@@ -154,7 +154,7 @@ class TrialRunner:
                         else run_fold(config, fold, train_dataset, held_out))
             mean = sum(row[f"best_{self.monitor_key}"] for row in rows) / len(rows)
             setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
-            reporter.report(fold, mean, mean, None, f"fold {fold + 1}/{len(folds)}")
+            reporter.report(fold, mean, mean, None, f"fold_{fold} ({fold + 1} of {len(folds)})")
         if dist.is_main_process():
             summarize(config, rows, train_dataset)
         return mean
