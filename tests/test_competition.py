@@ -1,6 +1,7 @@
 """What a face-mask style competition needs from a config alone: inference after a balanced sampler,
 MultiHead hold-outs stratified on the combined class with persons kept whole, readable class names."""
 import copy
+import json
 import re
 
 import numpy as np
@@ -98,3 +99,60 @@ def test_class_balance_table_shows_whole_class_names():
     for name, row, count in zip(names, rows, train):
         assert re.fullmatch(rf"{re.escape(name)} +{count} .*", row), row
 
+
+
+# -- the competition end to end, from configs/facemask.json alone ------------------------------------
+SMALL = {  # configs/facemask.json, shrunk to seconds on a CPU
+    "n_gpu": 0, "arch.args.num_blocks": [1], "arch.args.widths": [8], "arch.args.stem": "small",
+    "dataset.args.image_size": 16, "dataset.args.train_transform": [{"type": "RandomHorizontalFlip"}],
+    "dataset.args.eval_transform": [], "inference.dataset.args.image_size": 16,
+    "data_loader.args.num_workers": 0, "data_loader.args.batch_size": 16, "trainer.epochs": 2,
+    "trainer.tensorboard": False, "trainer.progress_bar": False,
+}
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory):
+    """The layout: train/images/<person>/<photo>.png, eval/images/<id>.png and eval/info.csv (ImageID, ans)
+    in an order of its own; a 2-fold k-fold run of configs/facemask.json and inference of its ensemble."""
+    tmp = tmp_path_factory.mktemp("facemask")
+    face_mask_layout(tmp / "train" / "images", persons=12)
+    test_rows = face_mask_layout(tmp / "eval" / "people", persons=3)
+    (tmp / "eval" / "images").mkdir()
+    names = [f"{(i * 2654435761) % 2**32:08x}.png" for i in range(len(test_rows))]  # ids that hide the labels
+    for row, name in zip(test_rows, names):
+        (tmp / "eval" / "people" / row["path"]).rename(tmp / "eval" / "images" / name)
+    order = np.random.default_rng(1).permutation(len(names))
+    pd.DataFrame({"ImageID": [names[i] for i in order], "ans": 0}).to_csv(tmp / "eval" / "info.csv", index=False)
+    overrides = SMALL | {"dataset.args.root": str(tmp / "train" / "images"),
+                         "inference.dataset.args.root": str(tmp / "eval" / "images"),
+                         "inference.submission.csv": str(tmp / "eval" / "info.csv"),
+                         "trainer.save_dir": str(tmp / "saved")}
+    args = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    train_log = run_in_process("kfold_train.py", "-c", "configs/facemask.json", "--folds", "2", *args, check=True)
+    (run,) = run_dirs(tmp, "FaceMask")
+    inference_log = run_in_process("inference.py", "--resume", str(run), check=True)
+    return tmp, run, train_log.stdout + inference_log.stdout
+
+
+def test_the_config_alone_trains_grouped_folds_of_the_heads(competition):
+    tmp, run, log = competition
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    assert len(oof) == 12 * 7 and oof.groupby("group")["fold"].nunique().max() == 1  # a person in one fold
+    # the labels came from the paths: target_age is the bin of the folder's age
+    ages = oof["id"].str.extract(r"_(\d+)/")[0].astype(int)
+    assert (oof["target_age"] == np.digitize(ages, [30, 60])).all()
+    assert "lr_scheduler.args.T_max: auto" in log
+
+
+def test_the_submission_is_the_competitions_csv_with_every_row_filled_in_order(competition):
+    tmp, run, log = competition
+    info = pd.read_csv(tmp / "eval" / "info.csv")
+    submission = pd.read_csv(run / "submission.csv")
+    assert submission["ImageID"].tolist() == info["ImageID"].tolist()
+    predictions = pd.read_csv(run / "predictions.csv")
+    predictions.index = predictions["id"].map(lambda path: path.rsplit("/", 1)[-1])
+    heads = predictions.loc[submission["ImageID"]]
+    combined = heads["prediction_mask"] * 6 + heads["prediction_gender"] * 3 + heads["prediction_age"]
+    assert submission["ans"].tolist() == combined.tolist()
+    assert "RandomHorizontalFlip" in log  # the TTA views are logged

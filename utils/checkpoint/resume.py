@@ -13,6 +13,7 @@ from collections import Counter
 
 from utils.config import schema as config_schema
 from utils.errors import ConfigError
+from utils.recipe.schedulers import check_auto_on_resume
 
 logger = logging.getLogger("trainer")
 
@@ -77,6 +78,7 @@ def apply_resume_changes(saved_config: dict, config, optimizer, lr_scheduler, ep
     """
     changes = config_changes(resolved(saved_config), config.config)
     check_resume_changes(changes)
+    check_auto_on_resume(changes, config.config["lr_scheduler"])
     for path, change in changes.items():
         section, _, key = path.partition(".args.")
         if section == "optimizer" and key and "." not in key and "optimizer.type" not in changes:
