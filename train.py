@@ -10,6 +10,7 @@ import torch
 
 from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, training_arguments
+from logger.class_balance import split_summary
 from logger.logger import setup_logging
 from trainer.trainer import Trainer
 from utils import distributed as dist
@@ -126,6 +127,7 @@ def dry_run(config: ConfigParser, trainer, data: torch.Tensor) -> None:
     """Print the resolved config and the model summary with one batch through it; write nothing."""
     print(config.to_json())
     print(trainer.raw_model.summary(data[:2]))
+    print(split_summary(trainer.data_loader))
     print(f"train batches per epoch: {len(trainer.data_loader)}, validation batches: "
           f"{len(trainer.valid_data_loader) if trainer.valid_data_loader else 0}")
     print("dry run: the config is valid and every object was built; nothing was written")
