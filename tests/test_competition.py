@@ -156,3 +156,131 @@ def test_the_submission_is_the_competitions_csv_with_every_row_filled_in_order(c
     combined = heads["prediction_mask"] * 6 + heads["prediction_gender"] * 3 + heads["prediction_age"]
     assert submission["ans"].tolist() == combined.tolist()
     assert "RandomHorizontalFlip" in log  # the TTA views are logged
+
+
+# -- labels from paths: the classes and every mistake as one line --------------------------------------
+PATTERN = r"^(?P<person>\d+)_(?P<gender>[a-z]+)_[^_/]+_(?P<age>\d+)/(?P<mask>[^/.]+)\.png$"
+MASK_MAP = {"mask1": "wear", "mask2": "wear", "mask3": "wear", "mask4": "wear", "mask5": "wear",
+            "incorrect_mask": "incorrect", "normal": "not_wear"}
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layout")
+    return root, face_mask_layout(root, persons=6, size=4)
+
+
+def test_labels_and_groups_from_paths_with_a_map_and_bins(layout):
+    from dataset.image_dataset import ImageDataset
+
+    root, rows = layout
+    dataset = ImageDataset(str(root), label_pattern=PATTERN, label_column=["mask", "gender", "age"],
+                           group_column="person", label_bins={"age": [30, 60]},
+                           label_map={"mask": MASK_MAP, "gender": {"male": "male", "female": "female"}})
+    expected = {row["path"]: [row["mask"], row["gender"], row["age"]] for row in rows}
+    got = {path.relative_to(root).as_posix(): target for path, target in zip(dataset.paths, dataset.targets)}
+    assert got == expected
+    assert dataset.groups == [path.relative_to(root).parts[0][:6] for path in dataset.paths]
+    assert dataset.label_classes["age"] == ["<30", "30-59", ">=60"]
+    assert dataset.label_classes["mask"] == ["wear", "incorrect", "not_wear"]
+    single = ImageDataset(str(root), label_pattern=PATTERN, label_column="age", label_bins={"age": [30.5]})
+    assert single.classes == ["<30.5", ">=30.5"]
+    assert single.targets == [int(int(p.parent.name.split("_")[-1]) >= 30.5) for p in single.paths]
+
+
+@pytest.mark.parametrize("args, expected", [
+    ({"label_pattern": "(?P<x"}, "error: dataset.args.label_pattern: '(?P<x' is not a regular expression"),
+    ({"label_pattern": r"(\d+)_"}, "error: dataset.args.label_pattern: '(\\\\d+)_' has no named group"),
+    ({"label_column": "mask", "group_column": "id"}, "error: dataset.args.group_column: 'id' is not a named group"),
+    ({"label_column": "mask", "label_map": {"mask": {"mask1": "wear"}}},
+     "label_map.mask has no entry for 'incorrect_mask'"),
+    ({"label_column": "age", "label_bins": {"age": [60, 30]}},
+     "error: dataset.args.label_bins: 'age' must be a list of increasing numbers"),
+    ({"label_column": "mask", "label_pattern": PATTERN.replace("[a-z]+", "male")}, "does not match label_pattern"),
+    ({"label_map": {"mask": MASK_MAP}, "label_pattern": None}, "error: dataset.args.label_map: needs a label_pattern"),
+])
+def test_path_label_mistakes_are_one_error_line(layout, tmp_path, args, expected):
+    root, _ = layout
+    dataset_args = {"root": str(root), "label_pattern": PATTERN, "label_column": "mask"} | args
+    config = make_config(tmp_path, IRIS_CONFIG, **{"dataset": {"type": "ImageDataset", "args": dataset_args}})
+    result = run_in_process("train.py", "-c", str(config), "--dry-run")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert expected in lines[0]
+
+
+def test_skip_unmatched_leaves_out_the_files_the_pattern_misses(layout, caplog):
+    from dataset.image_dataset import ImageDataset
+
+    root, rows = layout
+    males = PATTERN.replace("[a-z]+", "male")
+    dataset = ImageDataset(str(root), label_pattern=males, label_column="mask", skip_unmatched=True)
+    assert len(dataset) == sum(row["gender"] == 0 for row in rows)
+    assert "left out 21 file(s)" in caplog.text
+
+
+# -- the submission's mistakes -------------------------------------------------------------------------
+def test_a_missing_or_extra_image_is_one_error_naming_it(tmp_path):
+    from utils.errors import DataError
+    from utils.submission import match_rows
+
+    files = ["eval/images/a.png", "eval/images/b.png", "eval/images/c.png"]
+    assert match_rows(["c.png", "a", "b.png"], files, "info.csv") == [2, 0, 1]
+    with pytest.raises(DataError, match=r"info.csv, line 3: no image 'd.png'"):
+        match_rows(["a.png", "d.png", "b.png"], files, "info.csv")
+    with pytest.raises(DataError, match=r"eval/images/c.png: is predicted but no row of info.csv names it"):
+        match_rows(["a.png", "b.png"], files, "info.csv")
+
+
+# -- "auto" schedule lengths ---------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler, interval, warmup", [
+    ({"type": "CosineAnnealingLR", "args": {"T_max": "auto"}}, "epoch", {"epochs": 1}),
+    ({"type": "CosineAnnealingLR", "args": {"T_max": "auto"}}, "step", None),
+    ({"type": "OneCycleLR", "args": {"max_lr": 0.1, "total_steps": "auto"}}, "step", {"steps": 3}),
+])
+def test_auto_length_is_the_epochs_or_steps_after_the_warmup(tmp_path, scheduler, interval, warmup):
+    import math
+
+    from train import build_trainer
+
+    config = ConfigParser(json.loads(make_config(tmp_path, IRIS_CONFIG, **{
+        "trainer.epochs": 4, "lr_scheduler": scheduler | {"interval": interval, "warmup": warmup}}).read_text()))
+    trainer = build_trainer(config)
+    steps = math.ceil(len(trainer.data_loader.train_indices) / config["data_loader"]["args"]["batch_size"])
+    total = 4 * (steps if interval == "step" else 1)
+    after_warmup = total - (3 if warmup == {"steps": 3} else 1 if warmup else 0)
+    main = trainer.lr_scheduler._schedulers[-1] if warmup else trainer.lr_scheduler
+    assert getattr(main, "T_max", None) == after_warmup or getattr(main, "total_steps", None) == after_warmup
+
+
+def test_auto_length_on_resume_refuses_new_epochs_alone(tmp_path):
+    config = make_config(tmp_path, IRIS_CONFIG, **{"trainer.epochs": 1, "trainer.save_period": 1,
+                                                    "lr_scheduler": {"type": "CosineAnnealingLR",
+                                                                     "args": {"T_max": "auto"}}})
+    run_in_process("train.py", "-c", str(config), check=True)
+    (run,) = run_dirs(tmp_path, "TinyIris")
+    result = run_in_process("train.py", "-r", str(run), "trainer.epochs=2")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: trainer.epochs: cannot change when resuming while "
+                                            "lr_scheduler.args.T_max is 'auto'")
+    run_in_process("train.py", "-r", str(run), "trainer.epochs=2", "lr_scheduler.args.T_max=2", check=True)
+
+
+# -- smaller things ------------------------------------------------------------------------------------
+def test_dry_run_prints_the_groups_and_classes_of_each_side(competition):
+    tmp, _, _ = competition
+    overrides = SMALL | {"dataset.args.root": str(tmp / "train" / "images")}
+    result = run_in_process("train.py", "-c", "configs/facemask.json", "--dry-run",
+                            *[f"{key}={json.dumps(value)}" for key, value in overrides.items()], check=True)
+    assert re.search(r"validation split \(StratifiedGroupKFold\): \d+ groups \(\d+ samples\) for training, \d+ "
+                     r"groups \(\d+ samples\) for validation, 0 groups on both sides", result.stdout)
+    assert re.search(r"^wear/female/30-59 +\d+", result.stdout, re.M)
+
+
+def test_valid_predictions_do_not_overwrite_the_test_predictions(balanced_runs):
+    single, _ = balanced_runs
+    test_file = single / "predictions.csv"
+    run_in_process("inference.py", "--resume", str(single / "model_best.pth"), check=True)
+    before = test_file.read_bytes()
+    run_in_process("inference.py", "--resume", str(single / "model_best.pth"), "--split", "valid", check=True)
+    assert test_file.read_bytes() == before and (single / "predictions_valid.csv").is_file()
