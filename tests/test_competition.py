@@ -155,7 +155,7 @@ def test_the_submission_is_the_competitions_csv_with_every_row_filled_in_order(c
     heads = predictions.loc[submission["ImageID"]]
     combined = heads["prediction_mask"] * 6 + heads["prediction_gender"] * 3 + heads["prediction_age"]
     assert submission["ans"].tolist() == combined.tolist()
-    assert "RandomHorizontalFlip" in log  # the TTA views are logged
+    assert "test-time augmentation: 2 views of each batch averaged, the batch itself and RandomHorizontalFlip" in log
 
 
 # -- labels from paths: the classes and every mistake as one line --------------------------------------
