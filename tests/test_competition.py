@@ -91,6 +91,23 @@ def test_multihead_holdout_keeps_persons_whole_and_stratifies_on_the_combined_cl
     assert loader.valid_indices.tolist() == sorted(expected.tolist())
 
 
+def test_a_regression_holdout_stratifies_on_the_tasks_quantile_bins(tmp_path):
+    from sklearn.model_selection import train_test_split
+
+    values = np.random.default_rng(0).gamma(2.0, size=100)
+    pd.DataFrame({"x": np.arange(100.0), "y": values}).to_csv(tmp_path / "table.csv", index=False)
+    config = ConfigParser(copy.deepcopy(IRIS_CONFIG) | {
+        "dataset": {"type": "TableDataset", "args": {"csv_file": str(tmp_path / "table.csv"), "label_column": "y"}},
+        "data_loader": {"type": "TableDataLoader", "args": {"validation_split": 0.2, "stratify": True,
+                                                            "split_seed": 5}},
+        "task": "Regression", "loss": "mse_loss", "metrics": [],
+    })
+    loader = build_data_loader(config, config.init_obj("task"))
+    bins = pd.qcut(values, 10, labels=False)
+    _, expected = train_test_split(np.arange(100), test_size=20, stratify=bins, random_state=5)
+    assert loader.valid_indices.tolist() == sorted(expected.tolist())
+
+
 # -- the class-balance table ---------------------------------------------------------------------
 def test_class_balance_table_shows_whole_class_names():
     names = ["incorrect_male_<30", "incorrect_male_30-59", "incorrect_male_>=60", "a"]
