@@ -136,7 +136,7 @@ SABOTAGES = [
              ["tests/test_competition.py::test_skip_unmatched_leaves_out_the_files_the_pattern_misses"]),
     Sabotage("competition: submission rows in the predictions' order", "utils/submission.py",
              "predictions[source].to_numpy()[rows]", "predictions[source].to_numpy()",
-             ["tests/test_competition.py::test_the_submission_is_the_competitions_csv_with_every_row_filled_in_order"]),
+             ["tests/test_competition.py::test_the_submission_copies_the_csv_and_fills_its_rows_by_file_name"]),
     Sabotage("competition: an extra predicted image is not an error", "utils/submission.py",
              "    if extra:", "    if False:",
              ["tests/test_competition.py::test_a_missing_or_extra_image_is_one_error_naming_it"]),

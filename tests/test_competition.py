@@ -249,6 +249,20 @@ def test_a_missing_or_extra_image_is_one_error_naming_it(tmp_path):
         match_rows(["a.png", "b.png"], files, "info.csv")
 
 
+def test_the_submission_copies_the_csv_and_fills_its_rows_by_file_name(tmp_path):
+    from utils.submission import read_submission_csv, write_submission
+
+    pd.DataFrame({"id": ["eval/a.png", "eval/b.png", "eval/c.png"], "prediction": [5, 7, 9]}).to_csv(
+        tmp_path / "predictions.csv", index=False)
+    pd.DataFrame({"ImageID": ["c.png", "a.png", "b.png"], "ans": [0, 0, 0], "note": ["x", "", "007"]}).to_csv(
+        tmp_path / "info.csv", index=False)
+    options = {"csv": str(tmp_path / "info.csv"), "id_column": "ImageID", "column": "ans",
+               "prediction_column": "prediction"}
+    write_submission(read_submission_csv(options), tmp_path / "predictions.csv", options, tmp_path / "out.csv")
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines == ["ImageID,ans,note", "c.png,9,x", "a.png,5,", "b.png,7,007"]  # other columns as they were
+
+
 # -- "auto" schedule lengths ---------------------------------------------------------------------------
 @pytest.mark.parametrize("scheduler, interval, warmup", [
     ({"type": "CosineAnnealingLR", "args": {"T_max": "auto"}}, "epoch", {"epochs": 1}),
