@@ -121,7 +121,7 @@ SABOTAGES = [
     Sabotage("competition: grouped hold-out on 2-D labels as they are", "utils/data/splits.py",
              "next(splitter.split(np.zeros(n), one_label_per_sample(targets), codes))",
              "next(splitter.split(np.zeros(n), np.asarray(targets), codes))",
-             ["tests/test_competition.py::test_multihead_holdout_keeps_persons_whole_and_stratifies_on_the_combined_class"]),
+             ["tests/test_competition.py::test_a_grouped_holdout_of_label_rows_stratifies_on_their_combinations"]),
     Sabotage("competition: class names cut to 15 characters", "logger/class_balance.py",
              'lines.append(f"{str(name):<{width}}', 'lines.append(f"{str(name)[:15]:<{width}}',
              ["tests/test_competition.py::test_class_balance_table_shows_whole_class_names"]),

@@ -91,6 +91,21 @@ def test_multihead_holdout_keeps_persons_whole_and_stratifies_on_the_combined_cl
     assert loader.valid_indices.tolist() == sorted(expected.tolist())
 
 
+def test_a_grouped_holdout_of_label_rows_stratifies_on_their_combinations():
+    """Without the task's labels (a loader of one's own), 2-D targets count each distinct row as a class."""
+    from utils.data.splits import split_indices
+
+    rng = np.random.default_rng(0)
+    persons = np.repeat(np.arange(30), 4)  # groups p00 ... p29: their sorted order is their number
+    table = type("Table", (), {"__len__": lambda self: 120})()
+    table.targets = rng.integers(0, 2, (120, 2)).tolist()
+    table.groups = [f"p{person:02d}" for person in persons]
+    _, valid = split_indices(table, 0.25, True, 4)
+    codes = np.array([2 * a + b for a, b in table.targets])  # each row's combination as one class
+    _, expected = next(StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=4).split(codes, codes, persons))
+    assert valid.tolist() == sorted(expected.tolist())
+
+
 def test_a_regression_holdout_stratifies_on_the_tasks_quantile_bins(tmp_path):
     from sklearn.model_selection import train_test_split
 
