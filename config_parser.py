@@ -12,31 +12,28 @@ from pathlib import Path
 from types import ModuleType
 
 from logger.logger import LEVELS, setup_logging
-from utils.checkpoint.runs import check_run_dir_free, check_writable, lock_run_dir, new_run_dir, resolve_resume
-from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption
+from utils.checkpoint.resume import ResumePoint, compare_configs
+from utils.checkpoint.runs import check_run_dir_free, check_writable, locate_resume, lock_run_dir, new_run_dir
+from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption, add_config_arguments, overrides_of
 from utils.config import components
 from utils.config import schema as config_schema
-from utils.config.overrides import apply_modifications, parse_overrides
+from utils.config.overrides import apply_modifications
 from utils.errors import ConfigError
 from utils.util import read_json, write_json
 
 
 def training_arguments(description: str, resume_help: str) -> ArgumentParser:
-    """The command line shared by train.py and kfold_train.py (SPEC section 3)."""
+    """The command line shared by train.py and kfold_train.py."""
     parser = ArgumentParser(description=description)
     parser.add_argument("-c", "--config", help="config file path, e.g. config.json")
     parser.add_argument("-r", "--resume", metavar="PATH", help=resume_help)
     parser.add_argument("--finetune", metavar="CKPT",
                         help="start a new run from a checkpoint's model weights, with a fresh optimizer")
-    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, build everything, run one batch, write nothing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
-    for option in CLI_OPTIONS:
-        parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
-                        help="change a config value (VALUE is JSON, else a string); +KEY.PATH=VALUE adds one")
+    add_config_arguments(parser, CLI_OPTIONS, "change a config value (VALUE is JSON, else a string); "
+                                              "+KEY.PATH=VALUE adds one")
     return parser
 
 
@@ -56,18 +53,19 @@ class ConfigParser:
     def __init__(self, config: dict, resume: str | Path | None = None, modification: dict | None = None,
                  run_id: str | None = None, run_dir: str | Path | None = None,
                  finetune: str | Path | None = None, dry_run: bool = False):
-        resolved = config_schema.validate(config)  # the defaults filled in, so that overrides can reach them
-        if modification:
-            apply_modifications(resolved, modification)
-            resolved = config_schema.validate(resolved)
-        components.check_all(resolved)
-        self._config = resolved
+        if modification:  # onto the defaults, so that an override can reach a key the file leaves out
+            config = config_schema.with_defaults(config)
+            apply_modifications(config, modification)
+        self._config = config_schema.validate(config)  # once: every key, its type and range
+        # Every type the config names, looked up once and its arguments checked; the task built once.
+        self._types, self.task = components.check_all(self._config)
         self.resume = Path(resume) if resume else None
         self.finetune = Path(finetune) if finetune else None
         self.run_dir = Path(run_dir) if run_dir else None
         self.run_id = run_id
         self.dry_run = dry_run
         self._run_lock = None  # the open lock file of the run directory, from start_run()
+        self._resume_point: ResumePoint | None = None
         self._unsaved_changes = False  # resume changes not yet in config.json (see record_resume)
         self.parent: ConfigParser | None = None  # a k-fold fold's: the k-fold run's config
         if run_id is not None:
@@ -87,12 +85,12 @@ class ConfigParser:
         args = parser.parse_intermixed_args(argv)
         if getattr(args, "device", None):
             os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-        modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in options
-                        if getattr(args, o.flags[0].lstrip("-"), None) is not None}
-        modification |= parse_overrides(getattr(args, "overrides", []))
-        resume = run_dir = None
+        modification = overrides_of(args, options)
+        resume = run_dir = point = None
         if getattr(args, "resume", None):
-            resume, run_dir, config = resolve_resume(args.resume, args.config, modification, kfold)
+            resume, run_dir, config = locate_resume(args.resume, args.config, modification, kfold)
+            point = None if config is not None else ResumePoint.read(resume)  # a file with no config.json beside it
+            config = config if config is not None else point["config"]
             if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the lock
                 check_run_dir_free(run_dir)
         elif args.config is None:
@@ -104,20 +102,23 @@ class ConfigParser:
         parsed = cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),
                      run_dir=run_dir, finetune=getattr(args, "finetune", None),
                      dry_run=getattr(args, "dry_run", False))
-        if resume:
-            parsed._check_resume_changes(kfold)
+        parsed._resume_point = point
+        if resume and kfold:  # a k-fold run: compared with its config.json (each fold with its checkpoint)
+            saved = run_dir / "config.json"
+            changes = compare_configs(read_json(saved), parsed.config) if saved.is_file() else {}
+            if changes:
+                parsed.record_resume(None, changes)
+        elif point is not None:
+            point.compare(parsed.config)
         return parsed
 
-    def _check_resume_changes(self, kfold: bool) -> None:
-        """Refuse now, before anything is built, a change that resuming cannot honour (the trainer
-        applies the others to the restored optimizer); a k-fold run records its changes here."""
-        from utils.checkpoint.resume import check_resume_changes, config_changes, resolved
-
-        saved = self.run_dir / "config.json"
-        changes = config_changes(resolved(read_json(saved)), self._config) if saved.is_file() else {}
-        check_resume_changes(changes)
-        if kfold and changes:
-            self.record_resume(None, changes)
+    def resume_point(self) -> ResumePoint | None:
+        """The checkpoint ``-r`` continues from, read and verified once (None for a new run); its config
+        compared with this one, so that a change resuming cannot honour stops here."""
+        if self._resume_point is None and self.resume is not None:
+            self._resume_point = ResumePoint.read(self.resume)
+            self._resume_point.compare(self._config)
+        return self._resume_point
 
     # -- the run directory ---------------------------------------------------------------------
     @property
@@ -195,13 +196,16 @@ class ConfigParser:
         but it must be the section's own module: the table is the one place that says where names live.
         """
         parts = name.split(".")
-        section = parts[1] if parts[0] == "inference" else parts[0]  # "metrics.0" is a "metrics" entry
+        # "metrics.0" is a "metrics" entry; "inference.dataset" and "pseudo_labels.dataset" are datasets
+        section = parts[1] if parts[0] in ("inference", "pseudo_labels") else parts[0]
         table_module = components.section_module(section)
         if module is not None and module is not table_module:
             raise ValueError(f"{name} is looked up in {table_module.__name__}, not {module.__name__}")
+        if name in self._types:
+            return self._types[name]
         spec = self.get(name)
         type_name = spec if isinstance(spec, str) else spec["type"]
-        return components.resolve(table_module, type_name, name if isinstance(spec, str) else f"{name}.type")
+        return components.lookup_type(table_module, type_name, name if isinstance(spec, str) else f"{name}.type")
 
     def init_obj(self, name: str, module: ModuleType | None = None, *args, **kwargs):
         """Build the object a section names, with its args; keyword arguments given here win.

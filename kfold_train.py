@@ -18,11 +18,11 @@ from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
 from utils import distributed as dist
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
-from utils.cli import CLI_OPTIONS, CliOption, interrupt_on_signals, run_cli
-from utils.data.class_weights import resolve_loss_args
+from utils.cli import CLI_OPTIONS, CliOption, on_stop_signals, run_cli
+from utils.data.class_weights import loss_args_from_data
 from utils.data.splits import describe_folds, group_folds, stratification_labels
 from utils.data.workers import stop_workers
-from utils.errors import ConfigError
+from utils.errors import ConfigError, TrainingInterrupted
 from utils.predict import write_held_out_predictions
 from utils.recipe.ema import model_weights
 from utils.seeding import configure_determinism, seed_everything
@@ -55,14 +55,23 @@ def make_folds(targets, n_samples: int, n_splits: int, stratified: bool, shuffle
         raise ConfigError("kfold.n_splits", str(error)) from None
 
 
-def dataset_folds(config: ConfigParser, dataset) -> tuple[list, list | None]:
-    """(the folds of the config's "kfold" section over ``dataset``, the groups they keep whole or None),
-    stratified on the task's labels (tune.py's k-fold trials use the same folds)."""
+def build_folds(config: ConfigParser, train_dataset) -> tuple[list, list | None]:
+    """(the folds of ``train_dataset`` as the config's ``kfold`` section sets them, the groups they keep
+    whole or None): the one fold builder of kfold_train.py and ``tune.py --kfold``.
+
+    Stratified on the task's labels (``task.stratify_labels``: classes, quantile bins of a
+    regression target, label sets), with ``dataset.groups`` (unless ``kfold.group`` is false) every
+    group held out by one fold.
+
+    Examples:
+        >>> folds, groups = build_folds(config, config.init_obj("dataset"))
+        >>> train_indices, held_out = folds[0]
+    """
     options = config["kfold"]
-    labels = stratification_labels(config.init_obj("task"), dataset, options["n_bins"])
-    groups = getattr(dataset, "groups", None) if options["group"] else None
-    folds = make_folds(labels, len(dataset), options["n_splits"], options["stratified"], options["shuffle"],
-                       config["seed"] if options["seed"] is None else options["seed"], groups)
+    labels = stratification_labels(config.task, train_dataset, options["n_bins"])
+    groups = getattr(train_dataset, "groups", None) if options["group"] else None
+    folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
+                       options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
     return folds, groups
 
 
@@ -136,11 +145,11 @@ def summarize(config: ConfigParser, rows: list[dict], train_dataset) -> None:
                     .assign(fold=row["fold"]) for row in rows)
     oof = oof_columns(oof.sort_values("id", kind="stable"), train_dataset, config["kfold"]["group"])
     oof.to_csv(config.run_dir / "oof_predictions.csv", index=False)
-    task = config.init_obj("task")
+    task = config.task
     outputs, targets = task.outputs_from_table(oof)
     task.fit_oof(outputs, targets, config.run_dir)  # MultiLabel: per-label thresholds, oof_thresholds.json
     # "balanced" class weights of the out-of-fold loss: from all the training data the folds share out.
-    loss_args = resolve_loss_args(config, train_dataset, np.arange(len(train_dataset)),
+    loss_args = loss_args_from_data(config, train_dataset, np.arange(len(train_dataset)),
                                   config["arch"]["args"].get("num_classes") or train_dataset.num_classes)
     oof_metrics = {f"oof_{key}": value for key, value in score(config, outputs, targets, task, loss_args).items()}
     (config.run_dir / "oof_metrics.json").write_text(json.dumps(oof_metrics, indent=4))
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_determinism(config["deterministic"])
 
     train_dataset = config.init_obj("dataset")
-    folds, groups = dataset_folds(config, train_dataset)
+    folds, groups = build_folds(config, train_dataset)
     if config.dry_run:
         trainer = build_trainer(config, dataset=train_dataset, validation_split=folds[0][1])
         dry_run(config, trainer, check_one_batch(trainer))
@@ -188,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     # Between folds (the trainer handles them while it trains), Ctrl-C and SIGTERM stop at once:
     # an unfinished fold resumes from its checkpoint.
-    with interrupt_on_signals(f"python kfold_train.py -r {config.run_dir}"):
+    with on_stop_signals(lambda signum: TrainingInterrupted(signum, f"python kfold_train.py -r {config.run_dir}")):
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
             if result_file.is_file():

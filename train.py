@@ -8,17 +8,19 @@ import math
 
 import torch
 
+from base import BaseTrainer
+from base.base_task import BaseTask
 from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, training_arguments
 from logger.class_balance import split_summary
 from logger.logger import setup_logging
-from trainer.trainer import Trainer
 from utils import distributed as dist
-from utils.checkpoint.files import load_checkpoint, read_resume_checkpoint
+from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
 from utils.config.components import parameters
-from utils.data.class_weights import resolve_loss_args
+from utils.data.class_weights import loss_args_from_data
 from utils.data.splits import stratification_labels
+from utils.data.teacher import build_extras
 from utils.errors import ConfigError
 from utils.recipe.param_groups import build_optimizer
 from utils.recipe.schedulers import build_lr_scheduler
@@ -31,8 +33,17 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
 
     kfold_train.py calls this for each fold, with the fold's validation indices in ``loader_kwargs``.
     """
-    task = config.init_obj("task")  # what the targets mean: it checks them and adapts the loss and metrics
-    data_loader = build_data_loader(config, task, **loader_kwargs)
+    task = config.task  # what the targets mean: it checks them and adapts the loss and metrics
+    dataset = loader_kwargs.pop("dataset", None)
+    dataset = config.init_obj("dataset") if dataset is None else dataset
+    # A distillation teacher's soft labels and pseudo-labelled samples ride with the training targets.
+    num_outputs = config["arch"]["args"].get("num_classes") or getattr(task, "num_outputs", None)
+    extras = build_extras(config, dataset, num_outputs, type(task).predictions_table is BaseTask.predictions_table)
+    loader_kwargs = split_labels(config, task, dataset) | loader_kwargs
+    data_loader = config.init_data_loader("data_loader", dataset=extras.dataset if extras else dataset,
+                                          **loader_kwargs)
+    if extras:
+        extras.check_rows(data_loader.train_indices)
     valid_data_loader = data_loader.split_validation()
 
     model = config.init_obj("arch")
@@ -43,9 +54,11 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
         device, device_ids = prepare_device(config["n_gpu"])
 
     # "balanced" class weights come from the training split; the checkpoint keeps them (loss_args).
-    loss_args = resolve_loss_args(config, data_loader.dataset, data_loader.train_indices,
-                                  config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
+    loss_args = loss_args_from_data(config, data_loader.dataset, data_loader.train_indices,
+                                    config["arch"]["args"].get("num_classes") or data_loader.dataset.num_classes)
     criterion = task.wrap_loss(config.init_ftn("loss", **loss_args))
+    if extras:
+        task, criterion = extras.wrap(task, criterion)
     metrics = task.wrap_metrics(config.init_metrics())
     optimizer = build_optimizer(config, model)  # parameter groups: utils/recipe/param_groups.py
     steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
@@ -56,27 +69,28 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
                             data_loader=data_loader, valid_data_loader=valid_data_loader,
                             lr_scheduler=lr_scheduler, device_ids=device_ids, task=task)
     trainer.loss_args = loss_args
+    if extras:
+        trainer.mixup = extras.wrap_mixer(trainer.mixup)
     # Continuing a run, or starting one from another run's weights: one explicit step each.
     if config.resume is not None:
-        path, checkpoint = read_resume_checkpoint(config.resume)
-        trainer.resume(checkpoint, path)
+        trainer.resume(config.resume_point())
     elif config.finetune is not None:
         trainer.load_weights(load_checkpoint(config.finetune), config.finetune)
     return trainer
 
 
-def build_data_loader(config: ConfigParser, task, dataset=None, **loader_kwargs):
-    """The training loader, its validation split stratified on what the task says (MultiHead: the
-    combined class), as k-fold's folds are. inference.py's ``--split valid`` rebuilds it so.
+def split_labels(config: ConfigParser, task, dataset) -> dict:
+    """The loader's ``stratify_labels``: the validation split stratifies on what the task says (MultiHead:
+    the combined class; a regression target's quantile bins), as k-fold's folds do. Empty for a loader
+    of one's own that does not take them.
 
     Examples:
-        >>> valid_loader = build_data_loader(config, config.init_obj("task")).split_validation()
+        >>> loader = config.init_data_loader("data_loader", dataset=dataset, **split_labels(config, task, dataset))
     """
-    dataset = config.init_obj("dataset") if dataset is None else dataset
     names, _, any_keyword = parameters(config.lookup("data_loader"))
-    if "stratify_labels" in names or any_keyword:  # a loader of one's own may not take them
-        loader_kwargs.setdefault("stratify_labels", stratification_labels(task, dataset, config["kfold"]["n_bins"]))
-    return config.init_data_loader("data_loader", dataset=dataset, **loader_kwargs)
+    if "stratify_labels" not in names and not any_keyword:
+        return {}
+    return {"stratify_labels": stratification_labels(task, dataset, config["kfold"]["n_bins"])}
 
 
 def check_one_batch(trainer) -> torch.Tensor:
@@ -91,7 +105,7 @@ def check_one_batch(trainer) -> torch.Tensor:
     model.eval()
     data, target = to_device(data, trainer.device), trainer.task.prepare_target(to_device(target, trainer.device))
     with torch.no_grad():
-        if type(trainer)._valid_step is not Trainer._valid_step:  # a custom step: check it as it is
+        if not same_code(type(trainer)._valid_step, BaseTrainer._valid_step):  # a custom step: check it as it is
             with blame("trainer.type", f"{type(trainer).__name__}._valid_step fails on a batch"):
                 loss, output = trainer._valid_step(data, target)
         else:
@@ -109,6 +123,12 @@ def check_one_batch(trainer) -> torch.Tensor:
                 trainer.criterion(output, trainer.mixup(data, target, 1, 0)[1])
     model.train(was_training)
     return data
+
+
+def same_code(method, reference) -> bool:
+    """True when ``method`` computes what ``reference`` does (the same bytecode; docstrings aside)."""
+    code, other = method.__code__, reference.__code__
+    return code.co_code == other.co_code and code.co_names == other.co_names
 
 
 def check_log_probabilities(config: ConfigParser, output) -> None:
@@ -142,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ConfigParser.from_args(command_line(), argv=argv)
     dist.init_distributed()
     setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())  # console until the run starts
+    config.resume_point()  # with -r: the checkpoint read, and a change resuming cannot honour refused, first
     seed_everything(config["seed"])
     configure_determinism(config["deterministic"])
 

@@ -17,10 +17,18 @@ from logger.logger import setup_logging
 from train import build_trainer, check_one_batch
 from utils import distributed as dist
 from utils.checkpoint.files import fold_dirs, resume_candidates
-from utils.cli import CLI_OPTIONS, ArgumentParser, CliOption, interrupt_on_signals, run_cli
+from utils.cli import (
+    CLI_OPTIONS,
+    ArgumentParser,
+    CliOption,
+    add_config_arguments,
+    on_stop_signals,
+    overrides_of,
+    run_cli,
+)
 from utils.config.components import section_module
-from utils.config.overrides import parse_overrides
 from utils.config.schema import check_path_part
+from utils.data.splits import describe_folds
 from utils.data.workers import stop_workers
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.seeding import configure_determinism, seed_everything
@@ -54,14 +62,10 @@ def command_line() -> ArgumentParser:
                         help="an optuna storage URL or a journal file path (default: <sweep>/study.db)")
     parser.add_argument("--study-name", help="the study's name in the storage (default: <name>-<run id>)")
     parser.add_argument("--kfold", action="store_true", help="each trial is a k-fold run; the objective is the mean")
-    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--run-id", help="name of the sweep directory; an existing sweep is joined")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, the space, the sampler and the pruner; write nothing")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
-    for option in TUNE_OPTIONS:
-        parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="change a config value in every trial")
+    add_config_arguments(parser, TUNE_OPTIONS, "change a config value in every trial")
     return parser
 
 
@@ -139,14 +143,16 @@ class TrialRunner:
 
     def _train_kfold(self, config: ConfigParser, reporter: Reporter) -> float:
         """kfold_train.py's folds; the running mean of the folds' best values is reported after each fold."""
-        from kfold_train import check_same_folds, dataset_folds, run_fold, summarize
+        from kfold_train import build_folds, check_same_folds, run_fold, summarize
 
         seed_everything(config["seed"])
         configure_determinism(config["deterministic"])
         train_dataset = config.init_obj("dataset", section_module("dataset"))
-        folds, _ = dataset_folds(config, train_dataset)
+        folds, groups = build_folds(config, train_dataset)
         check_same_folds(config, folds)
         config.start_run()
+        if groups is not None:
+            logger.info(describe_folds(folds, groups, config["kfold"]["stratified"]))
         rows = []
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
@@ -197,11 +203,9 @@ def optimize(runner: TrialRunner, study, storage) -> None:
                     runner.monitor_key, study.best_value, runner.sweep_dir / "best_config.json")
 
 
-def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
+def read_sweep_args(args) -> tuple[ConfigParser, Path | None, dict]:
     """(the checked base config, the sweep directory or None for a new one, the study's settings)."""
-    modification = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in TUNE_OPTIONS
-                    if getattr(args, o.flags[0].lstrip("-"), None) is not None}
-    modification |= parse_overrides(args.overrides)
+    modification = overrides_of(args, TUNE_OPTIONS)
     sweep_dir, settings = None, {}
     if args.resume:
         sweep_dir = Path(args.resume)
@@ -234,7 +238,7 @@ def resolve_sweep(args) -> tuple[ConfigParser, Path | None, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_intermixed_args(argv)
-    config, sweep_dir, settings = resolve_sweep(args)
+    config, sweep_dir, settings = read_sweep_args(args)
     # Everything is checked before the first trial: the space, the direction, the sampler and the pruner.
     space = check_space(config.config)
     direction = study_direction(config.config)
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep_dir, settings = start_sweep(config, sweep_dir, settings)
     setup_logging(sweep_dir, config["trainer"]["verbosity"], dist.is_main_process())
     runner = TrialRunner(config, sweep_dir, settings)
-    with interrupt_on_signals(runner.resume_command):
+    with on_stop_signals(lambda signum: TrainingInterrupted(signum, runner.resume_command)):
         if not dist.is_main_process():
             runner.follow()
         else:

@@ -1,10 +1,10 @@
-"""The engine's base classes, which user code subclasses, and the machinery they run on.
+"""The classes user code subclasses, and nothing else.
 
     from base import BaseDataset, BaseDataLoader, BaseModel, BaseTask, BaseTrainer, Metric
 
-Bases (subclass these): base_dataset.py, base_data_loader.py, base_model.py, base_trainer.py,
-base_metric.py, base_task.py. Machinery (used by them, not edited by users): checkpoint.py, dist.py, seeding.py,
-metric_tracker.py.
+base_dataset.py, base_data_loader.py, base_model.py, base_task.py (what targets mean), base_metric.py
+(Metric, with metric_tracker.py, the exact epoch totals it needs) and base_trainer.py (the whole training
+loop; trainer/trainer.py holds its two hooks). The machinery they run on lives in utils/.
 """
 from base.base_data_loader import BaseDataLoader
 from base.base_dataset import BaseDataset

@@ -1,6 +1,7 @@
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -63,10 +64,14 @@ class BaseDataLoader(DataLoader):
             raise ValueError(f"num_workers: must be an integer >= 0, got {num_workers!r}")
         if len(dataset) == 0:
             raise ValueError("dataset: is empty")
-        train_indices, self.valid_indices = split_indices(dataset, validation_split, stratify, split_seed,
+        # Only the labelled part is split; samples after it (pseudo-labels) only ever train.
+        labelled = getattr(dataset, "labelled", dataset)
+        train_indices, self.valid_indices = split_indices(labelled, validation_split, stratify, split_seed,
                                                           group_split, stratify_labels)
+        if len(dataset) > len(labelled):
+            train_indices = np.concatenate([train_indices, np.arange(len(labelled), len(dataset))])
         self.train_indices = train_indices
-        self.splitter = holdout_splitter(dataset, validation_split, stratify, group_split)  # for the log
+        self.splitter = holdout_splitter(labelled, validation_split, stratify, group_split)  # for the log
         self.sampler_kwargs = {"shuffle": shuffle, "seed": seed}
         self.epoch_sampler = make_epoch_sampler(dataset, train_indices, shuffle, seed, sampler, samples_per_epoch)
         pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory

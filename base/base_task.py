@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from base.base_metric import confusion_matrix
+from utils.recipe.distillation import softmax_kl
 
 
 class BaseTask:
@@ -47,6 +48,11 @@ class BaseTask:
     def wrap_metrics(self, metrics: dict) -> dict:
         """The metrics the trainer tracks, from the config's {column: metric}."""
         return metrics
+
+    def soft_target_loss(self, output: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Per sample, the ``distillation`` loss's term for a teacher's soft labels ``teacher`` (the
+        probability columns of its predictions CSV): ``T² · KL(teacher_T ‖ student_T)``."""
+        return softmax_kl(output, teacher, temperature)
 
     def metric_columns(self, names: Sequence[str]) -> list[str]:
         """The metric columns that ``wrap_metrics`` makes of the configured names (``monitor`` uses them)."""

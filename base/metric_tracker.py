@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 
 from base.base_metric import Metric
+from utils.data.train_targets import plain_target
 from utils.distributed import is_distributed
 
 
@@ -79,6 +80,7 @@ class MetricTracker:
             metric.reset()
 
     def update(self, loss: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
+        target = plain_target(target)  # the true labels, without a teacher's (utils/data/train_targets.py)
         self.queue.append((loss.detach(), output.detach(), target))
         if len(self.queue) >= min(16, max(1, self.queue_elements // max(1, output.numel()))):
             self.flush()
@@ -135,7 +137,7 @@ class Scorer:
     """
 
     def __init__(self, config, task=None, loss_args: dict | None = None):
-        task = task if task is not None else config.init_obj("task")
+        task = task if task is not None else config.task
         self.tracker = MetricTracker(task.wrap_metrics(config.init_metrics()))
         self.criterion = task.wrap_loss(config.init_ftn("loss", **(loss_args or {})))
 

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-logger = logging.getLogger("trainer")
+logger = logging.getLogger(__name__)
 
 
 def class_counts(targets, indices, num_classes: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from logger.metrics_csv import MetricsCsv
 from logger.visualization import TensorboardWriter
 from logger.wandb_writer import WandbWriter
 
-logger = logging.getLogger("trainer")
+logger = logging.getLogger(__name__)
 
 
 def tensorboard_tag(key: str) -> str:

@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-logger = logging.getLogger("trainer")
+logger = logging.getLogger(__name__)
 
 _file_numbers = itertools.count()
 
@@ -25,7 +25,12 @@ class EventFile:
 
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        # TensorBoard reads a folder's files in name order: a new file's time stamp is past every earlier
+        # file's, so a resumed run's events (and its purge_step) come after those of the run it continues.
+        stamps = [int(part) for part in (p.name.split(".")[3] for p in log_dir.glob("events.out.tfevents.*"))
+                  if part.isdigit()]
+        stamp = max([int(time.time()), *(s + 1 for s in stamps)])
+        stem = f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.{os.getpid()}"
         while True:  # never reuse a file of this process (several writers may share a second)
             try:
                 self._file = open(log_dir / f"{stem}.{next(_file_numbers)}", "xb")

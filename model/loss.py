@@ -107,3 +107,25 @@ def bce_with_logits(output: torch.Tensor, target: torch.Tensor, pos_weight: list
     """
     weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32, device=output.device)
     return F.binary_cross_entropy_with_logits(output.float(), target.float(), pos_weight=weight)
+
+
+def distillation(output: torch.Tensor, target: torch.Tensor, teacher: str, alpha: float = 0.5,
+                 temperature: float = 4.0, base: str | dict = "cross_entropy") -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015) from a teacher's predictions CSV ``teacher``
+    (k-fold's oof_predictions.csv, or ``inference.py --probabilities`` of an ensemble):
+
+        alpha * base(output, target) + (1 - alpha) * T² * KL(teacher_T || student_T)
+
+    ``base`` is the loss on the true labels: a name in this module or ``{"type", "args"}``. The teacher
+    term is the task's (``soft_target_loss``): per label for multi-label, per head for multi-head, and
+    the squared error to the teacher's predictions for regression (``temperature`` then unused).
+    The engine (utils/data/teacher.py) reads the CSV, matches its rows to the training samples by id
+    and hands each batch's rows in with its targets. On plain targets (validation, inference), and so
+    when called like this, it is ``base`` alone: validation scores the student on the true labels.
+
+    Examples:
+        >>> "loss": {"type": "distillation", "args": {"teacher": "saved/Big/0101_120000/oof_predictions.csv",
+        ...                                          "alpha": 0.5, "temperature": 4.0}}
+    """
+    spec = {"type": base} if isinstance(base, str) else base
+    return globals()[spec["type"]](output, target, **spec.get("args", {}))

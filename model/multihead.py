@@ -9,6 +9,7 @@ from base.base_metric import Metric
 from base.base_task import BaseTask
 from base.metric_tracker import MeanMetric
 from utils.errors import ConfigError, DataError
+from utils.recipe.distillation import softmax_kl
 
 
 class MultiHead(BaseTask):
@@ -66,6 +67,11 @@ class MultiHead(BaseTask):
 
     def wrap_loss(self, criterion):
         return HeadsLoss(criterion, self)
+
+    def soft_target_loss(self, output, teacher, temperature):
+        """Distillation per head (the teacher's ``prob_<head>_<k>`` columns), summed with the heads' weights."""
+        return sum(weight * softmax_kl(output[:, s], teacher[:, s], temperature)
+                   for s, weight in zip(self.slices, self.weights))
 
     def wrap_metrics(self, metrics):
         wrapped = {}

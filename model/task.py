@@ -17,6 +17,7 @@ import torch
 from base.base_task import BaseTask
 from model.multihead import MultiHead
 from utils.errors import DataError
+from utils.recipe.distillation import binary_kl, squared_error
 
 __all__ = ["Classification", "Regression", "MultiLabel", "MultiHead"]
 
@@ -44,6 +45,10 @@ class Regression(BaseTask):
 
     def combine(self, outputs):
         return outputs[0] if len(outputs) == 1 else torch.stack([o.float() for o in outputs]).mean(dim=0)
+
+    def soft_target_loss(self, output, teacher, temperature):
+        """Distillation of a regression: the squared error to the teacher's predictions (no temperature)."""
+        return squared_error(output, teacher)
 
     def known_targets(self, targets):
         return torch.isfinite(targets.reshape(len(targets), -1)).all(dim=1)
@@ -125,6 +130,10 @@ class MultiLabel(BaseTask):
             if getattr(metric, "threshold", 0) is None:
                 metric.threshold = self.thresholds
         return metrics
+
+    def soft_target_loss(self, output, teacher, temperature):
+        """Distillation per label: the binary KL divergence to the teacher's label probabilities, at T."""
+        return binary_kl(output, teacher, temperature)
 
     def combine(self, outputs):
         if len(outputs) == 1:

@@ -81,7 +81,7 @@ def run_script(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | N
     return result
 
 
-SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py")
+SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py", "analyze.py")
 
 
 @contextlib.contextmanager
@@ -210,6 +210,7 @@ LONGEST_FIRST = [
     "test_inference.py",  # 25
     "test_tasks.py",  # 25
     "test_edge_cases.py",  # 20
+    "test_analysis_runs.py",  # 15
     "test_examples.py",  # 20
 ]
 

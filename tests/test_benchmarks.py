@@ -54,3 +54,9 @@ def test_dataloading_benchmark_smoke(monkeypatch, capsys):
 
 def test_gpu_throughput_script_smoke(monkeypatch, capsys):
     assert "bf16" in run_benchmark("gpu_throughput.py", "--smoke", monkeypatch=monkeypatch, capsys=capsys)
+
+
+def test_analysis_scale_benchmark_smoke(monkeypatch, capsys):
+    out = run_benchmark("analysis_scale.py", "--rows", "2000", "--classes", "5", monkeypatch=monkeypatch,
+                        capsys=capsys)
+    assert "ratio to the reference" in out and "confusion.png" in out

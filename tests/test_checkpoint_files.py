@@ -1,4 +1,4 @@
-"""Checkpoint files (SPEC sections 4 and 5): what they hold, atomic saves, damaged and untrusted files.
+"""Checkpoint files: what they hold, atomic saves, damaged and untrusted files.
 
 The end-to-end runs share module-scoped training runs. They run train.py's main in this process: what
 is checked is what the script writes and prints, not that it runs in a process of its own.

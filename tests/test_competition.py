@@ -14,7 +14,7 @@ from config_parser import ConfigParser
 from dataset.datasets import IrisDataset
 from logger.class_balance import class_balance_table
 from tests.conftest import IRIS_CONFIG, make_config, run_dirs, run_in_process
-from train import build_data_loader
+from train import build_trainer, split_labels
 
 MASKS = ["mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"]
 
@@ -81,7 +81,8 @@ def test_multihead_holdout_keeps_persons_whole_and_stratifies_on_the_combined_cl
                                                             "split_seed": 3, "num_workers": 0}},
         "task": {"type": "MultiHead", "args": {"heads": {"mask": 3, "gender": 2, "age": 3}}},
     })
-    loader = build_data_loader(config, config.init_obj("task"))
+    dataset = config.init_obj("dataset")
+    loader = config.init_data_loader("data_loader", dataset=dataset, **split_labels(config, config.task, dataset))
     persons = np.array([row["person"] for row in rows])
     assert not set(persons[loader.train_indices]) & set(persons[loader.valid_indices])
     combined = np.array([row["mask"] * 6 + row["gender"] * 3 + row["age"] for row in rows])
@@ -115,9 +116,10 @@ def test_a_regression_holdout_stratifies_on_the_tasks_quantile_bins(tmp_path):
         "dataset": {"type": "TableDataset", "args": {"csv_file": str(tmp_path / "table.csv"), "label_column": "y"}},
         "data_loader": {"type": "TableDataLoader", "args": {"validation_split": 0.2, "stratify": True,
                                                             "split_seed": 5}},
+        "arch": {"type": "MLP", "args": {"in_features": 1, "num_classes": 1, "hidden": [4]}},
         "task": "Regression", "loss": "mse_loss", "metrics": [],
     })
-    loader = build_data_loader(config, config.init_obj("task"))
+    loader = build_trainer(config).data_loader
     bins = pd.qcut(values, 10, labels=False)
     _, expected = train_test_split(np.arange(100), test_size=20, stratify=bins, random_state=5)
     assert loader.valid_indices.tolist() == sorted(expected.tolist())
@@ -286,8 +288,6 @@ def test_the_submission_copies_the_csv_and_fills_its_rows_by_file_name(tmp_path)
 ])
 def test_auto_length_is_the_epochs_or_steps_after_the_warmup(tmp_path, scheduler, interval, warmup):
     import math
-
-    from train import build_trainer
 
     config = ConfigParser(json.loads(make_config(tmp_path, IRIS_CONFIG, **{
         "trainer.epochs": 4, "lr_scheduler": scheduler | {"interval": interval, "warmup": warmup}}).read_text()))

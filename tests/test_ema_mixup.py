@@ -1,4 +1,4 @@
-"""EMA and MixUp/CutMix (issue 16): exact resume after SIGTERM, inference on the EMA weights, and the
+"""EMA and MixUp/CutMix: exact resume after SIGTERM, inference on the EMA weights, and the
 fine-tuning example config."""
 import re
 import signal

@@ -124,7 +124,7 @@ def test_resume_with_a_new_lr_and_gamma_trains_with_them_and_records_the_change(
 @pytest.mark.parametrize("change", ["seed=2", "data_loader.args.validation_split=0.3", "arch.args.widths=[8,8]"])
 def test_a_change_of_what_the_finished_epochs_meant_is_refused(run, change):
     with pytest.raises(ConfigError, match=f"^{change.split('=')[0]}: cannot change when resuming.*--finetune"):
-        ConfigParser.from_args(training_arguments("", ""), argv=["-r", str(run), change])
+        ConfigParser.from_args(training_arguments("", ""), argv=["-r", str(run), change]).resume_point()
 
 
 def test_a_refused_resume_change_is_one_error_line(run):

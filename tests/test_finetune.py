@@ -1,4 +1,4 @@
-"""Fine-tuning (issue 16): pretrained backbones from weights files, freezing, parameter groups, warmup.
+"""Fine-tuning: pretrained backbones from weights files, freezing, parameter groups, warmup.
 
 The weights files are made here from timm and torchvision models with random weights: nothing is
 downloaded. Runs are in-process, on a few hundred digits resized to 3x16x16.

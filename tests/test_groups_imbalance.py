@@ -1,4 +1,4 @@
-"""Grouped splits, the balanced sampler, "balanced" class weights and the class-balance report (issue 15),
+"""Grouped splits, the balanced sampler, "balanced" class weights and the class-balance report,
 checked against scikit-learn's splitters and compute_class_weight."""
 import copy
 import json
@@ -274,7 +274,7 @@ def test_balanced_sampler_resumes_bitwise_from_the_middle_of_an_epoch(tmp_path, 
     def stop_in_epoch_two(self, data, target):
         calls["n"] += 1
         if calls["n"] == 14:  # the 4th of epoch 2's 10 batches
-            self._stop_signal = signal.SIGTERM
+            self.stop_signal = signal.SIGTERM
         return original(self, data, target)
 
     monkeypatch.setattr(Trainer, "_train_step", stop_in_epoch_two)

@@ -1,4 +1,4 @@
-"""inference.py (README "Inference and submissions", SPEC sections 3-4): predictions.csv, scores that
+"""inference.py (README "Inference and submissions"): predictions.csv, scores that
 equal validation, unlabelled image folders, ensembles, test-time augmentation and its errors."""
 import json
 

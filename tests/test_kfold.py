@@ -1,4 +1,4 @@
-"""k-fold cross-validation (README "k-fold cross-validation", SPEC sections 3-4): the folds, what a
+"""k-fold cross-validation (README "k-fold cross-validation"): the folds, what a
 k-fold run writes, folds that do not influence each other, and resuming an interrupted k-fold run."""
 import json
 import math

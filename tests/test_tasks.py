@@ -308,7 +308,7 @@ def test_a_run_stopped_mid_epoch_resumes_bitwise(tmp_path, monkeypatch, make):
 
     def stop_in_epoch_two(self, data, target):
         if self.global_step == 5:  # 240 training samples, batches of 32: 4 optimizer steps an epoch
-            self._stop_signal = signal.SIGTERM
+            self.stop_signal = signal.SIGTERM
         return original_step(self, data, target)
 
     monkeypatch.setattr(Trainer, "_train_step", stop_in_epoch_two)

@@ -20,7 +20,7 @@ DIGITS_MLP["arch"] = {"type": "MLP", "args": {"in_features": 64, "num_classes": 
 DIGITS_MLP["optimizer"] = {"type": "SGD", "args": {"lr": 0.1}}
 DIGITS_MLP["trainer"].update(epochs=3, save_period=0)
 
-SPEC_KEYS = {"format_version", "arch", "epoch", "global_step", "state_dict", "optimizer", "lr_scheduler",
+CHECKPOINT_KEYS = {"format_version", "arch", "epoch", "global_step", "state_dict", "optimizer", "lr_scheduler",
              "scaler", "monitor_best", "not_improved_count", "rng_states", "config", "wandb_id", "metrics"}
 
 
@@ -133,7 +133,7 @@ def test_tiny_run_outputs(tmp_path):
 def test_checkpoint_holds_the_keys_of_spec_section_5(tmp_path):
     run_dir = train_in_process(tmp_path, DIGITS_MLP, **{"trainer.epochs": 2})
     checkpoint = load(run_dir / "last.pth")
-    assert SPEC_KEYS <= set(checkpoint), SPEC_KEYS - set(checkpoint)
+    assert CHECKPOINT_KEYS <= set(checkpoint), CHECKPOINT_KEYS - set(checkpoint)
     assert checkpoint["arch"] == "MLP"
     assert checkpoint["epoch"] == 2
     # 1437 training samples, 20% held out: 1150 in batches of 64 is 18 steps an epoch.

@@ -37,6 +37,25 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError("command line", f"{message} (see --help)")
 
 
+def add_config_arguments(parser: ArgumentParser, options: list[CliOption], overrides_help: str) -> None:
+    """The arguments every script that reads a config shares: -d, --debug, the shortcut flags of
+    ``options`` and ``KEY.PATH=VALUE`` overrides (read back with ``overrides_of``)."""
+    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of config and data errors")
+    for option in options:
+        parser.add_argument(*option.flags, type=option.type, help=f"{option.help} (sets {option.target})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help=overrides_help)
+
+
+def overrides_of(args, options: list[CliOption]) -> dict:
+    """The config changes a parsed command line asks for: the shortcut flags given, then ``KEY.PATH=VALUE``."""
+    from utils.config.overrides import parse_overrides
+
+    flags = {f"+{o.target}": getattr(args, o.flags[0].lstrip("-")) for o in options
+             if getattr(args, o.flags[0].lstrip("-"), None) is not None}
+    return flags | parse_overrides(getattr(args, "overrides", []))
+
+
 def debug_requested(argv: list[str] | None = None) -> bool:
     """True when ``--debug`` is on the command line or TEMPLATE_DEBUG=1 is set."""
     argv = sys.argv[1:] if argv is None else argv
@@ -76,36 +95,31 @@ def run_cli(main: Callable[[], None]) -> None:
 
 
 @contextmanager
-def on_stop_signals(handler: Callable[[int], None]):
-    """Call ``handler(signum)`` on Ctrl-C (SIGINT) and SIGTERM inside the block, then put the previous
-    handlers back. Outside the main thread (where signals cannot be handled) it does nothing.
+def on_stop_signals(handler: Callable[[int], BaseException | None]):
+    """Call ``handler(signum)`` on Ctrl-C (SIGINT) and SIGTERM inside the block, and raise the exception
+    it returns, if any; then put the previous handlers back. Outside the main thread (where signals
+    cannot be handled) it does nothing. Every script stops through it: training finishes the batch and
+    saves a checkpoint, k-fold and tune stop between folds and trials, inference leaves no partial file.
 
     Examples:
-        >>> with on_stop_signals(lambda signum: print("stopping")):
-        ...     train()
+        >>> with on_stop_signals(lambda signum: TrainingInterrupted(signum, "python train.py -r RUN")):
+        ...     run_folds()
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, lambda signum, frame: handler(signum))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        error = handler(signum)
+        if error is not None:
+            raise error
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for signum, previous_handler in previous.items():
             signal.signal(signum, previous_handler)
-
-
-def interrupt_on_signals(resume_command: str):
-    """Ctrl-C and SIGTERM raise TrainingInterrupted (exit 130 / 143, the resume command printed) inside
-    the block, instead of killing the process without a word. A Trainer installs its own handlers
-    while it trains (to finish the batch and save a checkpoint) and puts these back afterwards.
-    """
-
-    def stop(signum):
-        raise TrainingInterrupted(signum, resume_command)
-
-    return on_stop_signals(stop)
 
 
 @contextmanager

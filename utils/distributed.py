@@ -2,12 +2,13 @@
 
 Every helper is a no-op in a plain single-process run, so the training code calls them unconditionally.
 """
+import math
 import os
 
 import torch
 import torch.distributed as dist
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, NonFiniteLossError
 
 
 def init_distributed() -> None:
@@ -115,3 +116,21 @@ def wrap_model(model: torch.nn.Module, options: dict, device: torch.device,
     if len(device_ids) > 1:
         wrapped = torch.nn.DataParallel(wrapped, device_ids=device_ids)
     return model, wrapped
+
+
+def check_recent_losses(losses: list, stop_signal: int | None, write_failed: bool, device: torch.device,
+                        epoch: int, batch_idx: int) -> tuple[float, int, bool]:
+    """(mean loss, stop signal, a checkpoint write failed) of the recent batches, agreed by every process;
+    a NonFiniteLossError when a loss on any process is not finite. The loop's one host sync."""
+    values = torch.stack(losses).tolist()
+    bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
+    any_bad, stop_signal, write_failed = all_max([float(bool(bad)), float(stop_signal or 0), float(write_failed)],
+                                                 device)
+    if any_bad and not bad:
+        raise NonFiniteLossError(f"epoch {epoch}: the loss is not finite on another process")
+    if bad:
+        kept = f"last.pth keeps the state after epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+        raise NonFiniteLossError(f"epoch {epoch}, batch {batch_idx + 2 - len(values) + bad[0]}: the loss is "
+                                 f"{values[bad[0]]}; {kept}. Lower the learning rate, set "
+                                 "trainer.grad_clip_norm, or check the data")
+    return sum(values) / len(values), int(stop_signal), bool(write_failed)

@@ -3,17 +3,16 @@
 The CSV is written batch by batch to a temporary file that is renamed at the end: memory stays flat
 in the number of samples, and an interrupted run leaves no partial file (an older file of the same
 name is left as it was, and the message says it is not this run's). What the columns are is the
-task's business (``task.predictions_table``): SPEC section 4 for classification.
+task's business (``task.predictions_table``): for classification ``id, prediction, target, prob_0...``.
 """
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from utils.cli import on_stop_signals
-from utils.errors import PredictionInterrupted
 from utils.util import autocast, to_device
 
 
@@ -59,8 +58,10 @@ class PredictionWriter:
         ...         writer.write(ids, outputs, targets)
     """
 
-    def __init__(self, path: str | Path, task, classes: Sequence[str] | None = None, labelled: bool = True):
+    def __init__(self, path: str | Path, task, classes: Sequence[str] | None = None, labelled: bool = True,
+                 probabilities_only: bool = False):
         self.path = Path(path)
+        self.probabilities_only = probabilities_only
         self.temp = self.path.with_name(self.path.name + ".tmp")
         self.classes, self.labelled = classes, labelled
         self.task = task
@@ -76,6 +77,8 @@ class PredictionWriter:
 
         known = targets if self.labelled else None
         table = {"id": list(ids)} | self.task.predictions_table(outputs, known, self.classes)
+        if self.probabilities_only:
+            table = probability_columns(table)
         pd.DataFrame(table).to_csv(self.file, header=self.file.tell() == 0, index=False)
 
     def __exit__(self, error_type, error, traceback) -> None:
@@ -84,6 +87,20 @@ class PredictionWriter:
             os.replace(self.temp, self.path)
         else:
             self.temp.unlink(missing_ok=True)
+
+
+def probability_columns(table: dict) -> dict:
+    """``id`` and the soft labels of a predictions table: its ``prob_*`` columns (classes, labels or
+    ``prob_<head>_<k>``), or for a task without probabilities (regression) its ``prediction*`` values.
+
+    Examples:
+        >>> probability_columns({"id": [0], "prediction": [1], "target": [1], "prob_0": [0.2], "prob_1": [0.8]})
+        {'id': [0], 'prob_0': [0.2], 'prob_1': [0.8]}
+    """
+    soft = [name for name in table if name.startswith("prob_")]
+    if not soft:
+        soft = [name for name in table if name == "prediction" or re.fullmatch(r"prediction_\d+", name)]
+    return {"id": table["id"]} | {name: table[name] for name in soft}
 
 
 def write_predictions(path: str | Path, task, ids: Sequence, outputs: torch.Tensor,
@@ -97,14 +114,16 @@ def write_predictions(path: str | Path, task, ids: Sequence, outputs: torch.Tens
 
 def predict_to_csv(path: str | Path, models: Sequence[torch.nn.Module], loader, ids: Sequence, device: torch.device,
                    task, classes: Sequence[str] | None = None, labelled: bool = True,
-                   on_batch: Callable | None = None, progress: bool = False, **predict_options) -> int:
+                   on_batch: Callable | None = None, progress: bool = False, probabilities_only: bool = False,
+                   **predict_options) -> int:
     """Predict every sample of ``loader`` and stream the rows to ``path`` (see PredictionWriter).
 
     ``ids`` are the samples' ids in the loader's order; ``on_batch(outputs, targets)`` sees each
-    batch (to score it). Returns the number of rows written.
+    batch (to score it); ``probabilities_only`` keeps ``id`` and the soft labels (``probability_columns``).
+    Returns the number of rows written.
     """
     done = 0
-    with PredictionWriter(path, task, classes, labelled) as writer:
+    with PredictionWriter(path, task, classes, labelled, probabilities_only) as writer:
         for outputs, targets in predict_batches(models, loader, device, task, progress=progress,
                                                 **predict_options):
             writer.write(ids[done:done + len(outputs)], outputs, targets)
@@ -136,12 +155,3 @@ def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader,
         ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
         write_predictions(path, task, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
                           dataset.classes)
-
-
-def stop_on_signals(output: str | Path):
-    """Ctrl-C and SIGTERM stop the prediction at once with one line (exit 130 / 143), leaving no partial file."""
-
-    def stop(signum):
-        raise PredictionInterrupted(signum, output)
-
-    return on_stop_signals(stop)

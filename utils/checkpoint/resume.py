@@ -10,12 +10,14 @@ import copy
 import json
 import logging
 from collections import Counter
+from pathlib import Path
 
+from utils import distributed as dist
 from utils.config import schema as config_schema
 from utils.errors import ConfigError
 from utils.recipe.schedulers import check_auto_on_resume
 
-logger = logging.getLogger("trainer")
+logger = logging.getLogger(__name__)
 
 # dotted path (or a prefix of it) -> what it decided for the finished epochs
 FIXED_ON_RESUME = {
@@ -26,7 +28,10 @@ FIXED_ON_RESUME = {
     "data_loader.args.validation_split": "the split into training and validation samples",
     "data_loader.args.split_seed": "the split into training and validation samples",
     "data_loader.args.stratify": "the split into training and validation samples",
+    "data_loader.args.group_split": "the split into training and validation samples",
     "lr_scheduler.type": "the scheduler whose state the checkpoint holds",
+    "loss.args.teacher": "the teacher's soft labels the finished epochs learned from",
+    "pseudo_labels": "the pseudo-labelled samples the finished epochs trained on",
 }
 
 
@@ -51,14 +56,6 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, dict]:
     return changes
 
 
-def resolved(config: dict) -> dict:
-    """A saved config with today's defaults filled in, so that a new default is not a change."""
-    try:
-        return config_schema.validate(copy.deepcopy(config))
-    except ConfigError:
-        return config
-
-
 def check_resume_changes(changes: dict[str, dict]) -> None:
     """Refuse a change that would make the finished epochs mean something else."""
     for path, change in changes.items():
@@ -69,28 +66,72 @@ def check_resume_changes(changes: dict[str, dict]) -> None:
                                         "new run, or one from this run's weights with --finetune RUN/model_best.pth")
 
 
-def apply_resume_changes(saved_config: dict, config, optimizer, lr_scheduler, epoch: int) -> dict[str, dict]:
-    """Apply the config's changes since the checkpoint to the restored optimizer and scheduler.
-
-    ``saved_config`` is the checkpoint's config, ``config`` the ConfigParser of the resumed run and
-    ``epoch`` the first epoch trained with the changes. Each change is logged and added to the run's
-    ``resume_history`` (written to config.json once a checkpoint with it is on disk). Returns them.
-    """
-    changes = config_changes(resolved(saved_config), config.config)
+def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
+    """The changes from a run's saved config to the new one; a change resuming cannot honour is refused."""
+    try:  # today's defaults filled in, so that a key added since is not a change
+        saved = config_schema.validate(copy.deepcopy(saved))
+    except ConfigError:
+        pass
+    changes = config_changes(saved, config)
     check_resume_changes(changes)
-    check_auto_on_resume(changes, config.config["lr_scheduler"])
-    for path, change in changes.items():
-        section, _, key = path.partition(".args.")
-        if section == "optimizer" and key and "." not in key and "optimizer.type" not in changes:
-            # The optimizer was built from the new config: its defaults hold the new value.
-            _set_optimizer_arg(optimizer, lr_scheduler, key, optimizer.defaults.get(key, change["to"]))
-        elif section == "lr_scheduler" and key and "." not in key and lr_scheduler is not None:
-            _set_scheduler_arg(lr_scheduler, key, change["to"], path)
-        logger.info("%s changed at epoch %d: %s -> %s", path, epoch, json.dumps(change["from"]),
-                    json.dumps(change["to"]))
-    if changes:
-        config.record_resume(epoch, changes)
+    check_auto_on_resume(changes, config["lr_scheduler"])
     return changes
+
+
+class ResumePoint:
+    """A checkpoint to continue a run from: read and verified once, its config compared with the new
+    config, and its parts handed out.
+
+    Examples:
+        >>> point = ResumePoint.read("saved/Digits_ResNet/20261127_101500")
+        >>> point.compare(config.config)     # refuses a change of the seed, the data, the model...
+        >>> point["optimizer"]               # a part of the checkpoint
+        >>> point.own("rng_states")          # this process's entry of what every process saved
+    """
+
+    def __init__(self, path: Path, checkpoint: dict):
+        self.path, self.checkpoint = path, checkpoint
+        self.changes: dict[str, dict] = {}
+
+    @classmethod
+    def read(cls, target: str | Path) -> "ResumePoint":
+        """The checkpoint file ``target``, or the newest one of a run directory that verifies."""
+        from utils.checkpoint.files import read_resume_checkpoint
+
+        return cls(*read_resume_checkpoint(target))
+
+    def compare(self, config: dict) -> dict[str, dict]:
+        """Find the changes of ``config`` since the checkpoint, refusing those resuming cannot honour."""
+        self.changes = compare_configs(self.checkpoint["config"], config)
+        return self.changes
+
+    def __getitem__(self, key: str):
+        return self.checkpoint[key]
+
+    def get(self, key: str, default=None):
+        return self.checkpoint.get(key, default)
+
+    def own(self, key: str):
+        """This process's entry of a part saved once per process (RNG states, a half-done epoch's totals)."""
+        value = self.checkpoint[key]
+        return dist.own_entry(value) if isinstance(value, list) else value
+
+    def apply_changes(self, config, optimizer, lr_scheduler) -> None:
+        """Write the changed values into the restored optimizer and scheduler, log each change and
+        add it to the run's ``resume_history`` (written to config.json once a checkpoint holds it)."""
+        epoch = self.checkpoint["epoch"] + 1
+        changes = self.changes
+        for path, change in changes.items():
+            section, _, key = path.partition(".args.")
+            if section == "optimizer" and key and "." not in key and "optimizer.type" not in changes:
+                # The optimizer was built from the new config: its defaults hold the new value.
+                _set_optimizer_arg(optimizer, lr_scheduler, key, optimizer.defaults.get(key, change["to"]))
+            elif section == "lr_scheduler" and key and "." not in key and lr_scheduler is not None:
+                _set_scheduler_arg(lr_scheduler, key, change["to"], path)
+            logger.info("%s changed at epoch %d: %s -> %s", path, epoch, json.dumps(change["from"]),
+                        json.dumps(change["to"]))
+        if changes:
+            config.record_resume(epoch, changes)
 
 
 def _set_optimizer_arg(optimizer, lr_scheduler, key: str, value) -> None:

@@ -39,14 +39,15 @@ def new_run_dir(runs_dir: Path, run_id: str | None) -> Path:
     raise RuntimeError(f"cannot create a new run directory in {runs_dir}")
 
 
-def resolve_resume(target: str, config_path: str | None, modification: dict, kfold: bool = False):
-    """(checkpoint file or run directory, run directory, config) for ``-r TARGET``.
+def locate_resume(target: str, config_path: str | None, modification: dict, kfold: bool = False):
+    """(checkpoint file or run directory, run directory, config) for ``-r TARGET``; the config is None
+    for a checkpoint file with no config.json beside it (the checkpoint holds it).
 
     TARGET is a checkpoint file, a run directory, or ``auto``: the newest run of the config's name
     (after the command line's changes) that train.py (or, with ``kfold``, kfold_train.py) can resume.
     The run's saved config is used, unless ``-c`` gives one with an explicit TARGET.
     """
-    from utils.checkpoint.files import fold_dirs, load_checkpoint, resume_candidates
+    from utils.checkpoint.files import fold_dirs, resume_candidates
 
     def is_kfold_run(folder: Path) -> bool:
         return bool(fold_dirs(folder))
@@ -81,7 +82,7 @@ def resolve_resume(target: str, config_path: str | None, modification: dict, kfo
             return path, path.parent, read_json(config_path)
         if (path.parent / "config.json").is_file():
             return path, path.parent, read_json(path.parent / "config.json")
-        return path, path.parent, load_checkpoint(path)["config"]
+        return path, path.parent, None  # the checkpoint's own config (read once, by the caller)
     raise CheckpointError(str(path), "no such checkpoint file or run directory")
 
 

@@ -13,7 +13,7 @@ from utils.config import schema as config_schema
 from utils.config.schema import did_you_mean
 from utils.errors import ConfigError
 
-# Where each config section looks its "type" up (SPEC section 2).
+# Where each config section looks its "type" up: the one table of component names.
 SECTION_MODULES = {
     "arch": "model.model",
     "dataset": "dataset.datasets",
@@ -53,11 +53,11 @@ def _is_offered(module: ModuleType, name: str, obj) -> bool:
             and defined_here)
 
 
-def resolve(module: ModuleType, name: str, where: str):
+def lookup_type(module: ModuleType, name: str, where: str):
     """The class or function ``name`` of ``module``, or a ConfigError listing what there is.
 
     Examples:
-        >>> resolve(torch.optim, "Adam", "optimizer.type")
+        >>> lookup_type(torch.optim, "Adam", "optimizer.type")
         <class 'torch.optim.adam.Adam'>
     """
     choices = offered(module)
@@ -120,7 +120,7 @@ def check_args(where: str, obj, args: dict, section: str = "") -> None:
 def check_component(where: str, spec, section: str):
     """Resolve a config entry (a name or {type, args}) and check its arguments; returns the object."""
     name, args = (spec, {}) if isinstance(spec, str) else (spec["type"], spec.get("args", {}))
-    obj = resolve(section_module(section), name, f"{where}.type" if not isinstance(spec, str) else where)
+    obj = lookup_type(section_module(section), name, f"{where}.type" if not isinstance(spec, str) else where)
     check_args(where, obj, args, section)
     for key, value in args.items():
         if key.endswith("transform") and value is not None and section == "dataset" and not isinstance(value, list):
@@ -128,7 +128,7 @@ def check_component(where: str, spec, section: str):
                                                      f'"RandomHorizontalFlip"}}], got {value!r}')
         if is_transform_list(key, value):
             for i, step in enumerate(value):
-                config_schema.check_component(f"{where}.args.{key}.{i}", step)
+                config_schema.check_component_shape(f"{where}.args.{key}.{i}", step)
                 check_component(f"{where}.args.{key}.{i}", step, "transforms")
     return obj
 
@@ -188,30 +188,47 @@ def _dtype(name: str, where: str):
     return dtype
 
 
-def check_all(config: dict) -> None:
-    """Resolve every type a config names and check every argument, before anything is built."""
+def check_all(config: dict) -> tuple[dict, object]:
+    """Look up every type a config names and check every argument, before anything is built.
+
+    Returns ({section path: class or function}, the task object): what the config's factory uses
+    instead of looking the types up again.
+    """
+    types = {}
     for section in ("arch", "dataset", "data_loader", "optimizer", "loss"):
-        check_component(section, config[section], section)
+        types[section] = check_component(section, config[section], section)
     if config["lr_scheduler"] is not None:
-        check_scheduler("lr_scheduler", config["lr_scheduler"])
+        types["lr_scheduler"] = check_scheduler("lr_scheduler", config["lr_scheduler"])
     for i, entry in enumerate(config["metrics"]):
-        check_component(f"metrics.{i}", entry, "metrics")
-    resolve(section_module("trainer"), config["trainer"]["type"], "trainer.type")
-    task_class = check_component("task", config["task"], "task")
+        types[f"metrics.{i}"] = check_component(f"metrics.{i}", entry, "metrics")
+    types["trainer"] = lookup_type(section_module("trainer"), config["trainer"]["type"], "trainer.type")
+    types["task"] = check_component("task", config["task"], "task")
     # The task names the metric columns (MultiHead adds one per head): monitor may name any of them.
-    task = call(task_class, "task", **config["task"].get("args", {}))
+    task = call(types["task"], "task", **config["task"].get("args", {}))
     config_schema.check_monitor(config, task.metric_columns(config_schema.metric_names(config)))
     inference = config["inference"]
     for section in ("dataset", "data_loader"):
         if inference[section] is not None:
-            check_component(f"inference.{section}", inference[section], section)
+            types[f"inference.{section}"] = check_component(f"inference.{section}", inference[section], section)
     for i, entry in enumerate(inference["tta"]):
         check_component(f"inference.tta.{i}", entry, "transforms")
+    if config["pseudo_labels"] is not None:
+        types["pseudo_labels.dataset"] = check_component("pseudo_labels.dataset", config["pseudo_labels"]["dataset"],
+                                                         "dataset")
+    loss = config["loss"]
+    if isinstance(loss, dict) and loss["type"] == "distillation":
+        base = loss["args"]["base"]
+        base = {"type": base} if isinstance(base, str) else base
+        if base["type"] == "distillation":
+            raise ConfigError("loss.args.base", "is the loss on the true labels, e.g. 'cross_entropy'; it cannot "
+                                                "be 'distillation' itself")
+        check_component("loss.args.base", base, "loss")
+    return types, task
 
 
-def check_scheduler(where: str, spec: dict) -> None:
+def check_scheduler(where: str, spec: dict):
     """A scheduler and the ones nested in its ``args.schedulers`` (SequentialLR, ChainedScheduler)."""
-    obj = resolve(section_module("lr_scheduler"), spec["type"], f"{where}.type")
+    obj = lookup_type(section_module("lr_scheduler"), spec["type"], f"{where}.type")
     # ChainedScheduler takes the schedulers first and the optimizer as a keyword.
     check_args(where, obj, spec.get("args", {}), "" if obj.__name__ == "ChainedScheduler" else "lr_scheduler")
     inner = spec.get("args", {}).get("schedulers")
@@ -220,8 +237,9 @@ def check_scheduler(where: str, spec: dict) -> None:
             raise ConfigError(f"{where}.args.schedulers", f'must be a list of {{"type": NAME, "args": {{...}}}}, '
                                                           f"got {inner!r}")
         for i, entry in enumerate(inner):
-            config_schema.check_component(f"{where}.args.schedulers.{i}", entry)
+            config_schema.check_component_shape(f"{where}.args.schedulers.{i}", entry)
             check_scheduler(f"{where}.args.schedulers.{i}", entry)
             if obj.__name__ == "SequentialLR" and entry["type"] in ("SequentialLR", "ChainedScheduler"):
                 raise ConfigError(f"{where}.args.schedulers.{i}", f"torch's SequentialLR cannot hold a {entry['type']}"
                                                                   "; list its schedulers in this SequentialLR instead")
+    return obj

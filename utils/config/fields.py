@@ -97,7 +97,7 @@ def check_section(where: str, values: dict, schema: dict[str, Field]) -> dict:
     return resolved | {key: value for key, value in values.items() if key.startswith("_")}
 
 
-def check_component(where: str, spec, extra_keys: tuple = ()) -> None:
+def check_component_shape(where: str, spec, extra_keys: tuple = ()) -> None:
     """A component is ``{"type": NAME, "args": {...}}``."""
     if not isinstance(spec, dict):
         raise ConfigError(where, f'must be {{"type": NAME, "args": {{...}}}}, got {spec!r}')

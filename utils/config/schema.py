@@ -3,11 +3,14 @@
 ``validate(config)`` checks a config against this schema before anything is built and returns it
 with the defaults filled in. Keys that start with "_" are comments and are ignored.
 """
-from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component are used from here too)
+import copy
+import logging
+
+from utils.config.fields import (  # noqa: F401  (did_you_mean and check_component_shape are used from here too)
     NONE,
     REQUIRED,
     Field,
-    check_component,
+    check_component_shape,
     check_section,
     did_you_mean,
     fraction,
@@ -18,6 +21,8 @@ from utils.config.fields import (  # noqa: F401  (did_you_mean and check_compone
     positive,
 )
 from utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 COMPONENT_SECTIONS = ("arch", "dataset", "data_loader", "optimizer")
 
@@ -111,6 +116,19 @@ TUNE = {  # tune.py's search; the space entries are checked in utils/tune/space.
     "max_retry": Field((int,), 3, non_negative),
     "plots": Field((bool,), True),
 }
+DISTILLATION = {  # the args of "loss": {"type": "distillation"}
+    "teacher": Field((str,), REQUIRED),
+    "alpha": Field((float,), 0.5, fraction),
+    "temperature": Field((float,), 4.0, positive),
+    "base": Field((str, dict), "cross_entropy"),
+}
+PSEUDO_LABELS = {
+    "csv": Field((str,), REQUIRED),
+    "dataset": Field((dict,), REQUIRED),
+    "threshold": Field((float,), 0.9, fraction),
+    "soft": Field((bool,), False),
+    "weight": Field((float,), 1.0, positive),
+}
 TOP_LEVEL = {
     "name": Field((str,)),
     "n_gpu": Field((int,), 1, non_negative),
@@ -130,8 +148,26 @@ TOP_LEVEL = {
     "resume_history": Field((list,), [], history_entries),
     "task": Field((str, dict), "Classification"),
     "tune": Field((dict,), {}),
+    "pseudo_labels": Field((dict, NONE), None),
 }
 SECTIONS = {"trainer": TRAINER, "wandb": WANDB, "kfold": KFOLD, "inference": INFERENCE, "tune": TUNE}
+
+
+def with_defaults(config):
+    """A copy of ``config`` with the defaults of missing keys filled in, nothing checked: what
+    command-line overrides are applied to, so that they can reach a key the file leaves out."""
+    if not isinstance(config, dict):
+        return config
+    filled = copy.deepcopy(config)
+    sections = {"": TOP_LEVEL, **SECTIONS, "optimizer": OPTIMIZER, "lr_scheduler": LR_SCHEDULER}
+    for name, schema in sections.items():
+        node = filled if not name else filled.get(name)
+        if not isinstance(node, dict):
+            continue
+        for key, field in schema.items():
+            if key not in node and field.default is not REQUIRED:
+                node[key] = copy.deepcopy(field.default)
+    return filled
 
 
 def validate(config) -> dict:
@@ -143,40 +179,41 @@ def validate(config) -> dict:
     for name, schema in SECTIONS.items():
         resolved[name] = check_section(name, resolved[name], schema)
     for name in COMPONENT_SECTIONS:
-        check_component(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
+        check_component_shape(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
     _check_training_recipe(resolved)
     if not isinstance(resolved["loss"], str):
-        check_component("loss", resolved["loss"])
+        check_component_shape("loss", resolved["loss"])
+    _check_teacher_sections(resolved)
     for i, entry in enumerate(resolved["metrics"]):
         if not isinstance(entry, str):
-            check_component(f"metrics.{i}", entry, extra_keys=("name",))
+            check_component_shape(f"metrics.{i}", entry, extra_keys=("name",))
     for key in ("dataset", "data_loader"):
         if resolved["inference"][key] is not None:
-            check_component(f"inference.{key}", resolved["inference"][key])
+            check_component_shape(f"inference.{key}", resolved["inference"][key])
     if resolved["inference"]["submission"] is not None:
         resolved["inference"]["submission"] = check_section("inference.submission", resolved["inference"]["submission"],
                                                             SUBMISSION)
     for i, entry in enumerate(resolved["inference"]["tta"]):
-        check_component(f"inference.tta.{i}", entry)
+        check_component_shape(f"inference.tta.{i}", entry)
     if isinstance(resolved["task"], str):  # a bare name: {"type": NAME}
         resolved["task"] = {"type": resolved["task"], "args": {}}
-    check_component("task", resolved["task"])
+    check_component_shape("task", resolved["task"])
     for key in ("sampler", "pruner"):
         if resolved["tune"][key] is not None:
-            check_component(f"tune.{key}", resolved["tune"][key])
+            check_component_shape(f"tune.{key}", resolved["tune"][key])
     _check_metric_names(resolved)
     return resolved
 
 
 def _with_extras(where: str, spec: dict, schema: dict) -> dict:
     """A component section with extra keys beside type and args: checked, defaults filled in."""
-    check_component(where, spec, extra_keys=tuple(schema))
+    check_component_shape(where, spec, extra_keys=tuple(schema))
     extras = check_section(where, {k: v for k, v in spec.items() if k in schema}, schema)
     return {k: v for k, v in spec.items() if k not in schema} | extras
 
 
 def _check_training_recipe(resolved: dict) -> None:
-    """The optimizer, scheduler, EMA and MixUp settings (issue 16's fine-tuning recipe)."""
+    """The optimizer, scheduler, EMA and MixUp settings of the fine-tuning recipe."""
     resolved["optimizer"] = _with_extras("optimizer", resolved["optimizer"], OPTIMIZER)
     trainer = resolved["trainer"]
     for key, schema in (("ema", EMA), ("mixup", MIXUP)):
@@ -196,6 +233,24 @@ def _check_training_recipe(resolved: dict) -> None:
     if scheduler["type"] in ("ReduceLROnPlateau", "ChainedScheduler"):
         raise ConfigError("lr_scheduler.warmup", f"torch's SequentialLR cannot put a warmup in front of a "
                                                  f"{scheduler['type']}; use another scheduler")
+
+
+def _check_teacher_sections(resolved: dict) -> None:
+    """The ``distillation`` loss's args and the ``pseudo_labels`` section (utils/data/teacher.py)."""
+    loss = resolved["loss"]
+    if isinstance(loss, dict) and loss["type"] == "distillation":
+        args = loss["args"] = check_section("loss.args", loss.get("args", {}), DISTILLATION)
+        if not isinstance(args["base"], str):
+            check_component_shape("loss.args.base", args["base"])
+        if args["temperature"] < 1:
+            logger.warning("loss.args.temperature is %s: below 1 the teacher's labels get sharper, not softer "
+                           "(1 to 10 is usual)", args["temperature"])
+    if resolved["pseudo_labels"] is not None:
+        section = resolved["pseudo_labels"] = check_section("pseudo_labels", resolved["pseudo_labels"], PSEUDO_LABELS)
+        check_component_shape("pseudo_labels.dataset", section["dataset"])
+        if section["threshold"] < 0.5:
+            logger.warning("pseudo_labels.threshold is %s: samples the ensemble is unsure of get labels",
+                           section["threshold"])
 
 
 def metric_names(config: dict) -> list[str]:

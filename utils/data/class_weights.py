@@ -45,7 +45,7 @@ def balanced_pos_weight(targets) -> list[float]:
     return ((len(targets) - positives) / positives).tolist()
 
 
-def resolve_loss_args(config, dataset, train_indices, num_classes: int | None) -> dict:
+def loss_args_from_data(config, dataset, train_indices, num_classes: int | None) -> dict:
     """The loss arguments that replace ``"balanced"`` (``{}`` when there is none to replace)."""
     spec = config["loss"]
     args = {} if isinstance(spec, str) else spec.get("args", {})

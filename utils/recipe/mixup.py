@@ -44,23 +44,51 @@ class BatchMixer:
             weights.append(1.0 - switch_prob if cutmix_alpha > 0 else 1.0)
         self.mix = v2.RandomChoice(choices, p=weights) if choices else None
 
-    def __call__(self, data: torch.Tensor, target: torch.Tensor, epoch: int, batch_idx: int):
-        """(mixed inputs, soft targets of shape (batch, num_classes)) for one training batch."""
+    def __call__(self, data: torch.Tensor, target: torch.Tensor, epoch: int, batch_idx: int,
+                 rows: torch.Tensor | None = None):
+        """(mixed inputs, soft targets of shape (batch, num_classes)) for one training batch.
+
+        ``rows`` (batch, K), e.g. a teacher's soft labels, are mixed as the labels are, with the same
+        pairs and lambda, and returned third: (inputs, soft targets, mixed rows).
+        """
         if target.ndim != 1 or target.is_floating_point():
             raise ConfigError("trainer.mixup", f"needs class indices as targets, got a {target.dtype} tensor "
                                                f"of shape {tuple(target.shape)}")
         mixing = self.mix is not None and (self.off_epoch is None or epoch <= self.off_epoch)
         seed = int(sample_seeds(self.seed, epoch, [batch_idx * 65536 + self.rank])[0])
+        shape = data.shape
         # The draws (Beta, the choice, CutMix's box) are on the CPU generator, from this batch's own seed.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if mixing and torch.rand(()) < self.prob:
+            mixed = mixing and bool(torch.rand(()) < self.prob)
+            if mixed:
                 data, soft = self.mix(data, target)
             else:
                 soft = F.one_hot(target, self.num_classes).float()
         if self.label_smoothing:
             soft = soft * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        return data, soft
+        if rows is None:
+            return data, soft
+        return data, soft, self._mix_rows(rows, data, shape, seed) if mixed else rows
+
+    def _mix_rows(self, rows: torch.Tensor, data: torch.Tensor, shape: torch.Size, seed: int) -> torch.Tensor:
+        """``rows`` mixed with the lambda and the pairs (each sample with the one before it) of the batch.
+
+        The same draws are made again on a probe batch (one channel of zeros, the inputs' size, labels
+        1, 0, 0, ...): its first soft label is lambda * one_hot(1) + (1 - lambda) * one_hot(0), so its
+        column 1 is the lambda that was used (CutMix's, corrected for the box's area).
+        """
+        if len(rows) < 2:
+            return rows  # a sample paired with itself is unchanged
+        probe = data.new_zeros((shape[0], 1, *shape[2:]) if len(shape) > 2 else shape)
+        probe_labels = torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+        probe_labels[0] = 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            torch.rand(())
+            _, probe_soft = self.mix(probe, probe_labels)
+        lam = probe_soft[0, 1].to(rows.dtype)
+        return rows.roll(1, 0) * (1.0 - lam) + rows * lam
 
 
 def build_mixer(config, rank: int = 0) -> BatchMixer | None:

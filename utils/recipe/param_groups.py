@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from utils.config.components import call, parameters, resolve, section_module
+from utils.config.components import call, lookup_type, parameters, section_module
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
         >>> optimizer = build_optimizer(config, model)   # torch.optim.<type>(groups, **args)
     """
     spec = config["optimizer"]
-    optimizer_class = resolve(section_module("optimizer"), spec["type"], "optimizer.type")
+    optimizer_class = lookup_type(section_module("optimizer"), spec["type"], "optimizer.type")
     groups = parameter_groups(model, spec, optimizer_class)
     if len(groups) > 1:
         logger.debug("optimizer groups: %s", ", ".join(f"{g['name']} ({len(g['params'])} tensors, lr {g['lr']:.3g})"

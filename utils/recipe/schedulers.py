@@ -14,7 +14,7 @@ import logging
 import torch
 from torch.optim import lr_scheduler as schedulers
 
-from utils.config.components import call, resolve, section_module
+from utils.config.components import call, lookup_type, section_module
 from utils.errors import ConfigError
 
 logger = logging.getLogger("trainer")
@@ -61,7 +61,7 @@ def build_scheduler(spec: dict, optimizer: torch.optim.Optimizer, where: str = "
         ...     {"type": "ConstantLR", "args": {"factor": 0.5, "total_iters": 5}},
         ...     {"type": "ExponentialLR", "args": {"gamma": 0.9}}]}}, optimizer)
     """
-    scheduler_class = resolve(section_module("lr_scheduler"), spec["type"], f"{where}.type")
+    scheduler_class = lookup_type(section_module("lr_scheduler"), spec["type"], f"{where}.type")
     args = dict(spec.get("args", {}))
     for key, value in args.items():
         if value == "auto":
@@ -104,3 +104,13 @@ def build_lr_scheduler(config, optimizer: torch.optim.Optimizer, steps_per_epoch
         milestones = [length] + [length + milestone for milestone in main._milestones]
         return schedulers.SequentialLR(optimizer, [linear, *main._schedulers], milestones=milestones)
     return schedulers.SequentialLR(optimizer, [linear, main], milestones=[length])
+
+
+def step_epoch_scheduler(lr_scheduler, interval: str, log: dict, monitor_key: str | None) -> None:
+    """Step an epoch-interval scheduler after the epoch (ReduceLROnPlateau with the monitored value)."""
+    if lr_scheduler is None or interval != "epoch":
+        return
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        lr_scheduler.step(log[monitor_key or "loss"])
+    else:
+        lr_scheduler.step()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from utils.util import write_json
 
-logger = logging.getLogger("tune")
+logger = logging.getLogger(__name__)
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 PLOTS = (("optimization_history", "plot_optimization_history", 1),
          ("param_importances", "plot_param_importances", 2),

@@ -132,6 +132,6 @@ def build_search_part(config: dict, part: str):
     """
     module = importlib.import_module(f"optuna.{part}s")
     spec = config["tune"][part] or {"type": "TPESampler" if part == "sampler" else "MedianPruner"}
-    obj = components.resolve(module, spec["type"], f"tune.{part}.type")
+    obj = components.lookup_type(module, spec["type"], f"tune.{part}.type")
     components.check_args(f"tune.{part}", obj, spec.get("args", {}))
     return components.call(obj, f"tune.{part}", **spec.get("args", {}))

@@ -15,7 +15,7 @@ from pathlib import Path
 from utils import distributed as dist
 from utils.errors import ConfigError
 
-logger = logging.getLogger("tune")
+logger = logging.getLogger(__name__)
 
 
 class SurplusTrial(Exception):
