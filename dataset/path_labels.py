@@ -115,7 +115,11 @@ def column_classes(column: str, values: list[str], paths: Sequence[str], label_m
                 numbers.append(float(value))
             except ValueError:
                 raise DataError(path, f"label_bins.{column}: {value!r} is not a number") from None
-        return np.digitize(numbers, edges).tolist(), bin_names(edges)
+        indices, names = np.digitize(numbers, edges).tolist(), bin_names(edges)
+        empty = [name for k, name in enumerate(names) if k not in set(indices)]
+        if empty:  # a bin no file falls in: most likely edges on the wrong scale
+            logger.warning("label_bins.%s: no file falls in the class(es) %s", column, ", ".join(empty))
+        return indices, names
     if all(value.isdigit() for value in values):
         indices = [int(value) for value in values]
         return indices, [str(k) for k in range(max(indices) + 1)]

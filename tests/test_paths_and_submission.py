@@ -56,6 +56,14 @@ def test_path_label_mistakes_are_one_error_line(layout, tmp_path, args, expected
     assert expected in lines[0]
 
 
+def test_a_bin_no_file_falls_in_is_a_warning_naming_the_key(layout, caplog):
+    from dataset.image_dataset import ImageDataset
+
+    root, _ = layout
+    ImageDataset(str(root), label_pattern=PATTERN, label_column="age", label_bins={"age": [30, 60, 100]})
+    assert "label_bins.age: no file falls in the class(es) >=100" in caplog.text
+
+
 def test_skip_unmatched_leaves_out_the_files_the_pattern_misses(layout, caplog):
     from dataset.image_dataset import ImageDataset
 
