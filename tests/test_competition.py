@@ -158,7 +158,7 @@ def competition(tmp_path_factory):
         (tmp / "eval" / "people" / row["path"]).rename(tmp / "eval" / "images" / name)
     order = np.random.default_rng(1).permutation(len(names))
     pd.DataFrame({"ImageID": [names[i] for i in order], "ans": 0}).to_csv(tmp / "eval" / "info.csv", index=False)
-    overrides = SMALL | {"dataset.args.root": str(tmp / "train" / "images"),
+    overrides = SMALL | {"dataset.args.root": str(tmp / "train" / "images"), "+data_loader.args.sampler": "balanced",
                          "inference.dataset.args.root": str(tmp / "eval" / "images"),
                          "inference.submission.csv": str(tmp / "eval" / "info.csv"),
                          "trainer.save_dir": str(tmp / "saved")}
