@@ -77,11 +77,12 @@ class ImageDataset(BaseDataset):
         groups = None
         self.label_classes = {}  # the class names of each label column read from paths
         if label_pattern is not None:
-            self.paths = image_files(self.root)
-            keep, labels, self.classes, groups, self.label_classes = labels_from_paths(
-                self._relative_paths(False), label_pattern, label_column, group_column, label_map, label_bins,
-                skip_unmatched)
-            self.paths = [self.paths[i] for i in keep]
+            self.paths, labels = image_files(self.root), None
+            if self.paths:  # none: the error below says so
+                keep, labels, self.classes, groups, self.label_classes = labels_from_paths(
+                    self._relative_paths(False), label_pattern, label_column, group_column, label_map, label_bins,
+                    skip_unmatched)
+                self.paths = [self.paths[i] for i in keep]
             where = [str(p) for p in self.paths]
         elif csv_file is not None:
             self.paths, labels, where, groups = self._from_csv(csv_file, path_column, label_column, group_column)
