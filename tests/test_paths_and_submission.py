@@ -99,3 +99,31 @@ def test_the_submission_copies_the_csv_and_fills_its_rows_by_file_name(tmp_path)
     write_submission(read_submission_csv(options), tmp_path / "predictions.csv", options, tmp_path / "out.csv")
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines == ["ImageID,ans,note", "c.png,9,x", "a.png,5,", "b.png,7,007"]  # other columns as they were
+
+
+@pytest.mark.parametrize("submission, expected", [
+    ({"csv": "info.csv", "column": "ans"}, "inference.submission.id_column: is required but missing"),
+    ({"csv": "info.csv", "id_column": "ImageID", "column": "ans", "colum": 1}, "inference.submission.colum: unknown"),
+    ({"csv": "info.csv", "id_column": 3, "column": "ans"}, "inference.submission.id_column"),
+])
+def test_a_bad_submission_entry_is_one_error_naming_its_key(submission, expected):
+    import copy
+
+    from config_parser import ConfigParser
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        ConfigParser(copy.deepcopy(IRIS_CONFIG) | {"inference": {"submission": submission}})
+    assert str(error.value).startswith(expected)
+
+
+def test_the_submission_csv_is_checked_before_anything_is_predicted(tmp_path):
+    from utils.errors import ConfigError, DataError
+    from utils.submission import read_submission_csv
+
+    (tmp_path / "info.csv").write_text("ImageID,ans\na.png,\n")
+    options = {"csv": str(tmp_path / "info.csv"), "id_column": "Id", "column": "ans"}
+    with pytest.raises(ConfigError, match="inference.submission.id_column: 'Id' is not a column of .* ImageID, ans"):
+        read_submission_csv(options)
+    with pytest.raises(DataError, match="missing.csv: the submission CSV"):
+        read_submission_csv(options | {"csv": str(tmp_path / "missing.csv")})
