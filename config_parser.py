@@ -22,8 +22,8 @@ from utils.errors import ConfigError
 from utils.util import read_json, write_json
 
 
-def training_arguments(description: str, resume_help: str) -> ArgumentParser:
-    """The command line shared by train.py and kfold_train.py."""
+def training_arguments(description: str, resume_help: str, lr_find: bool = False) -> ArgumentParser:
+    """The command line shared by train.py and kfold_train.py (with ``lr_find``, the range test's flags)."""
     parser = ArgumentParser(description=description)
     parser.add_argument("-c", "--config", help="config file path, e.g. config.json")
     parser.add_argument("-r", "--resume", metavar="PATH", help=resume_help)
@@ -32,6 +32,12 @@ def training_arguments(description: str, resume_help: str) -> ArgumentParser:
     parser.add_argument("--run-id", help="name of the run directory (default: a timestamp)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, build everything, run one batch, write nothing")
+    if lr_find:
+        parser.add_argument("--lr-find", action="store_true", help="run the learning-rate range test, write "
+                            "its curve to <save_dir>/<name>/lr_find/ and print the suggested rate; no training")
+        parser.add_argument("--lr-min", type=float, default=1e-7, help="the range test's first rate (1e-7)")
+        parser.add_argument("--lr-max", type=float, default=10.0, help="the range test's last rate (10)")
+        parser.add_argument("--steps", type=int, default=100, help="the range test's optimizer steps (100)")
     add_config_arguments(parser, CLI_OPTIONS, "change a config value (VALUE is JSON, else a string); "
                                               "+KEY.PATH=VALUE adds one")
     return parser

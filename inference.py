@@ -3,6 +3,7 @@
     python inference.py --resume saved/Digits_ResNet/20261127_101500/model_best.pth
     python inference.py --resume saved/Digits_ResNet/20261127_120000       # a k-fold run: all folds
     python inference.py --resume a.pth --resume b.pth --output submission/predictions.csv
+    python inference.py --resume saved/Digits_ResNet/20261127_101500/model.onnx   # export.py's ONNX model
     python inference.py --resume saved/Digits_ResNet/20261127_120000 --probabilities   # id + prob_* only
 
 The config is read from the (first) checkpoint; ``-c`` and KEY.PATH=VALUE change it. The data is the
@@ -26,6 +27,8 @@ from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, lookup_type, parameters, section_module
 from utils.config.overrides import parse_overrides
 from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
+from utils.export.card import exported_checkpoint
+from utils.export.wrappers import OnnxModel
 from utils.predict import predict_to_csv
 from utils.recipe.ema import model_weights
 from utils.submission import read_submission_csv, write_submission
@@ -144,7 +147,8 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
 def command_line() -> ArgumentParser:
     parser = ArgumentParser(description="Predict with a trained model or an ensemble of them.")
     parser.add_argument("-r", "--resume", action="append", required=True, metavar="CKPT",
-                        help="a checkpoint, a run directory or a k-fold run directory; repeat to ensemble")
+                        help="a checkpoint, a run directory, a k-fold run directory or an exported .onnx "
+                             "model; repeat to ensemble")
     parser.add_argument("-c", "--config", help="config file (default: the one stored in the checkpoint)")
     parser.add_argument("-o", "--output", help="predictions CSV (default: predictions.csv beside the checkpoint)")
     parser.add_argument("--probabilities", action="store_true",
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
 
     paths = checkpoint_paths(args.resume)
-    checkpoints = [load_checkpoint(path) for path in paths]
+    # An exported ONNX model runs with onnxruntime; its model card stands in for the checkpoint.
+    checkpoints = [exported_checkpoint(path) if path.suffix == ".onnx" else load_checkpoint(path) for path in paths]
     raw_config = read_json(args.config) if args.config else checkpoints[0]["config"]
     modification = parse_overrides(args.overrides)
     if args.split:
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     device, _ = prepare_device(config["n_gpu"])
     # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
     own_arch = args.config is None and not any(key.lstrip("+").startswith("arch.") for key in modification)
-    models = [load_model(config, checkpoint, path, device, own_arch, use_ema=not args.no_ema)
+    models = [OnnxModel(path) if path.suffix == ".onnx" else load_model(config, checkpoint, path, device, own_arch,
+                                                                         use_ema=not args.no_ema)
               for checkpoint, path in zip(checkpoints, paths)]
     if not args.no_calibration:
         models = calibrated(models, config, args.resume, paths)

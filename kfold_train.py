@@ -17,7 +17,8 @@ from config_parser import ConfigParser, training_arguments
 from logger.logger import setup_logging
 from train import build_trainer, check_one_batch, dry_run
 from utils import distributed as dist
-from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights, resume_candidates
+from utils.checkpoint.files import fold_dirs, load_model_weights, resume_candidates
+from utils.checkpoint.top_k import best_weights
 from utils.cli import CLI_OPTIONS, CliOption, on_stop_signals, run_cli
 from utils.data.class_weights import loss_args_from_data
 from utils.data.splits import describe_folds, group_folds, stratification_labels
@@ -112,16 +113,17 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
                 len(trainer.data_loader.train_indices), len(held_out), " (resumed)" if resumable else "")
     trainer.train()
 
-    best_path = best_or_last(fold_dir)
-    checkpoint = load_checkpoint(best_path)
-    load_model_weights(trainer.raw_model, model_weights(checkpoint), best_path)  # EMA weights with trainer.ema
+    # model_best.pth, or the top-k / SWA average where it validated better; EMA weights with trainer.ema
+    best_path, checkpoint = best_weights(fold_dir, trainer.monitor)
+    load_model_weights(trainer.raw_model, model_weights(checkpoint), best_path)
     write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
                                held_out, train_dataset, trainer.device, trainer.task, trainer.amp_dtype,
                                trainer.progress_bar)
     stop_workers(trainer.data_loader, trainer.valid_data_loader)  # the next fold starts workers of its own
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
-        row[f"best_{trainer.monitor_key}"] = checkpoint["monitor_best"]
+        best_value = checkpoint.get("monitor_best", checkpoint["metrics"].get(trainer.monitor_key))  # or the average's
+        row[f"best_{trainer.monitor_key}"] = best_value
     row |= {key: value for key, value in checkpoint["metrics"].items() if key.startswith("val_")}
     if dist.is_main_process():
         (fold_dir / "fold_result.json").write_text(json.dumps(row, indent=4))

@@ -2,6 +2,7 @@
 
     python train.py -c config.json
     python train.py -r saved/Digits_ResNet/20261127_101500         # continue an interrupted run
+    python train.py -c config.json --lr-find                       # suggest a learning rate
     torchrun --nproc_per_node=2 train.py -c config.json            # DistributedDataParallel
 """
 import math
@@ -14,6 +15,7 @@ from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, training_arguments
 from logger.class_balance import split_summary
 from logger.logger import setup_logging
+from logger.lr_find import report_lr_find
 from utils import distributed as dist
 from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
@@ -22,6 +24,7 @@ from utils.data.class_weights import loss_args_from_data
 from utils.data.splits import stratification_labels
 from utils.data.teacher import build_extras
 from utils.errors import ConfigError
+from utils.recipe.lr_finder import lr_range_test
 from utils.recipe.param_groups import build_optimizer
 from utils.recipe.schedulers import build_lr_scheduler
 from utils.seeding import configure_determinism, seed_everything
@@ -153,13 +156,28 @@ def dry_run(config: ConfigParser, trainer, data: torch.Tensor) -> None:
     print("dry run: the config is valid and every object was built; nothing was written")
 
 
+def check_lr_find_args(args, config: ConfigParser) -> tuple[float, float, int] | None:
+    """(lr_min, lr_max, steps) of ``--lr-find``, checked; None without it."""
+    if not args.lr_find:
+        return None
+    if config.resume is not None:
+        raise ConfigError("--lr-find", "starts from the config's weights, not a run's: use -c (or --finetune)")
+    if not 0 < args.lr_min < args.lr_max:
+        raise ConfigError("--lr-min", f"must be positive and below --lr-max ({args.lr_min} .. {args.lr_max})")
+    if args.steps < 3:
+        raise ConfigError("--steps", f"must be 3 or more, got {args.steps}")
+    return args.lr_min, args.lr_max, args.steps
+
+
 def command_line():
     return training_arguments("Train a model from a config.",
-                              resume_help="continue a run: a checkpoint, a run directory, or 'auto'")
+                              resume_help="continue a run: a checkpoint, a run directory, or 'auto'", lr_find=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = ConfigParser.from_args(command_line(), argv=argv)
+    parser = command_line()
+    config = ConfigParser.from_args(parser, argv=argv)
+    lr_find = check_lr_find_args(parser.parse_intermixed_args(argv), config)
     dist.init_distributed()
     setup_logging(None, config["trainer"]["verbosity"], dist.is_main_process())  # console until the run starts
     config.resume_point()  # with -r: the checkpoint read, and a change resuming cannot honour refused, first
@@ -170,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     data = check_one_batch(trainer)
     if config.dry_run:
         dry_run(config, trainer, data)
+        return
+    if lr_find is not None:  # the range test instead of training: its curve in lr_find/, no run directory
+        result = lr_range_test(trainer, *lr_find)
+        report_lr_find(result, config.runs_dir / "lr_find", trainer.optimizer.param_groups,
+                       config["optimizer"]["args"].get("lr") or trainer.optimizer.param_groups[0]["lr"])
+        dist.close_distributed()
         return
     config.start_run()
     trainer.train()

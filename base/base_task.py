@@ -90,6 +90,13 @@ class BaseTask:
             table["target"] = targets.cpu().numpy()
         return table | {f"prob_{c}": probs[:, c] for c in range(probs.shape[1])}
 
+    def output_probabilities(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs a deployed model gives (``export.py --postprocess``), by name: the class probabilities.
+
+        Runs inside the exported graph, so only tensor operations (no NumPy, no ``.item()``).
+        """
+        return {"probabilities": output.softmax(dim=1)}
+
     def outputs_from_table(self, table) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, targets) read back from a predictions table (to score OOF predictions)."""
         probs = torch.tensor(table.filter(regex=r"^prob_").to_numpy())

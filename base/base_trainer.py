@@ -18,13 +18,17 @@ from logger.visualization import input_grid
 from utils import distributed as dist
 from utils.checkpoint import training_state
 from utils.checkpoint.files import CheckpointWriter
+from utils.checkpoint.monitor import update_monitor
+from utils.checkpoint.top_k import TopK
 from utils.cli import on_stop_signals
 from utils.errors import CheckpointError, ConfigError, TrainingInterrupted
+from utils.recipe.averaged_eval import finish_averages
 from utils.recipe.ema import ModelEma
 from utils.recipe.freezing import BackboneFreezer, rewrap_ddp
 from utils.recipe.mixup import build_mixer
 from utils.recipe.param_groups import group_lrs
 from utils.recipe.schedulers import step_epoch_scheduler
+from utils.recipe.swa import Swa
 from utils.util import amp_dtype, autocast, is_image_batch, to_device
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class BaseTrainer:
         self.ema = ModelEma(self.raw_model, **options["ema"]) if options["ema"] is not None else None
         self.mixup = build_mixer(config, dist.get_rank())
         self.raw_validation = False  # True while validating the raw weights beside the EMA (ema.validate_both)
+        self.averaged_model = None  # what validation scores instead: the SWA average, or a top-k average
+        self.top_k = TopK(options["save_top_k"], options["monitor"], options["average_top_k"])
+        self.swa = Swa(options["swa"], self.epochs)
         self.train_metrics, self.valid_metrics = MetricTracker(metric_fns), MetricTracker(metric_fns)
         self.progress_bar = options["progress_bar"] and dist.is_main_process()
         self.record_images = options["tensorboard"]  # the task's pictures and a grid of inputs
@@ -84,7 +91,10 @@ class BaseTrainer:
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """The EMA weights with ``trainer.ema`` (unless validating the raw ones), else the plain model."""
+        """An average being scored (SWA, top-k), the EMA weights with ``trainer.ema`` (unless validating
+        the raw ones), else the plain model."""
+        if self.averaged_model is not None:
+            return self.averaged_model
         if self.ema is not None and not self.raw_validation:
             return self.ema.module
         return self.model.module if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else self.model
@@ -120,6 +130,7 @@ class BaseTrainer:
                         logger.info("no improvement of %s in %d epochs: stopping early", self.monitor_key,
                                     self.early_stop)
                         break
+            log |= finish_averages(self, log.get("epoch", self.start_epoch - 1))
             best = {f"best_{self.monitor_key}": self.monitor_best} if self.monitor_key else {}
             self.recorder.finish(flatten(self.config.config), best | {"best_epoch": self.best_epoch,
                                  **{f"last_{k}": v for k, v in log.items() if isinstance(v, float)}})
@@ -137,6 +148,7 @@ class BaseTrainer:
                                     resumed_step=self.global_step, wandb_id=self.wandb_id,
                                     wandb_group=self.wandb_group, wandb_name=self.wandb_name)
         self.wandb_id = self.recorder.wandb.run_id
+        self.top_k.sync_files(self.run_dir)
         if not self.resumed:
             report_class_balance(self.data_loader, self.recorder.tensorboard)
         training_state.set_rng_states(self)
@@ -149,12 +161,13 @@ class BaseTrainer:
         if self.freezer.set_epoch(epoch):
             self.model = rewrap_ddp(self.model)
         self.epoch_started = time.perf_counter() - self.resume_state.pop("epoch_time", 0.0)
+        self.swa.begin_epoch(self, epoch)
         lrs = group_lrs(self.optimizer)  # the rates this epoch starts with: "lr", "lr_<group>"
         log = {"epoch": epoch, **self._train_epoch(epoch)}
         log |= {key: value for key, value in lrs.items() if key not in log}
         log["epoch_time"] = time.perf_counter() - self.epoch_started
         step_epoch_scheduler(self.lr_scheduler, self.scheduler_interval, log, self.monitor_key)
-        improved, stop_early = self._update_monitor(log)
+        improved, stop_early = update_monitor(self, log)
         # Record before the checkpoint: a crash in between redoes the epoch, never skips it.
         self.recorder.log_epoch(log, self.global_step, self.samples_per_epoch)
         self._save_checkpoint(epoch, log, best=improved)
@@ -211,6 +224,7 @@ class BaseTrainer:
                     raise TrainingInterrupted(stop, self.resume_command)
         bar.close()
         log = self.train_metrics.result()
+        self.swa.update(self)  # the epoch's weights into the SWA average, before it is validated
         if self.valid_data_loader is not None:
             if self.ema is not None and self.ema.validate_both:  # the raw weights too, as "raw_val_*"
                 log |= {f"raw_{key}": value for key, value in self._valid_epoch(epoch, raw=True).items()}
@@ -263,22 +277,6 @@ class BaseTrainer:
                 self.figures.update(output, target)
         self.figures.finish_validation()
         return self.valid_metrics.result(prefix="val_")
-
-    def _update_monitor(self, log: dict) -> tuple[bool, bool]:
-        """(improved, stop early): rank 0 decides, so every process stops at the same epoch."""
-        if self.monitor_mode == "off":
-            return False, False
-        if self.monitor_key not in log:
-            raise ConfigError("trainer.monitor", f"{self.monitor_key!r} is not in the epoch's log "
-                                                 f"({', '.join(log)}); is there a validation split?")
-        value = log[self.monitor_key]
-        improved = value < self.monitor_best if self.monitor_mode == "min" else value > self.monitor_best
-        improved = bool(dist.broadcast_object(improved))
-        if improved:
-            self.monitor_best, self.not_improved_count, self.best_epoch = value, 0, log["epoch"]
-        else:
-            self.not_improved_count += 1
-        return improved, 0 < self.early_stop <= self.not_improved_count
 
     def _request_stop(self, signum: int) -> None:
         if self.stop_signal == signal.SIGINT and signum == signal.SIGINT:

@@ -117,6 +117,10 @@ class MultiHead(BaseTask):
             table |= {f"prob_{head}_{k}": p[:, k] for k in range(p.shape[1])}
         return table
 
+    def output_probabilities(self, output):
+        return {f"probabilities_{head}": logits.softmax(dim=1)
+                for head, logits in zip(self.heads, self.head_logits(output))}
+
     def outputs_from_table(self, table):
         columns = [f"prob_{head}_{k}" for head, size in self.heads.items() for k in range(size)]
         probs = torch.tensor(table[columns].to_numpy()).clamp_min(1e-12).log()

@@ -73,6 +73,9 @@ class Regression(BaseTask):
             table |= _columns("target", targets.float().reshape(len(targets), -1).cpu().numpy())
         return table
 
+    def output_probabilities(self, output):
+        return {"prediction": output}  # values, no activation
+
     def outputs_from_table(self, table):
         outputs = table.filter(regex=r"^prediction(_\d+)?$").to_numpy()
         targets = table.filter(regex=r"^target(_\d+)?$").to_numpy()
@@ -162,6 +165,9 @@ class MultiLabel(BaseTask):
         if targets is not None:
             table["target"] = [" ".join(n for n, on in zip(names, row) if on) for row in targets.cpu().numpy() > 0.5]
         return table | {f"prob_{name}": probs[:, k] for k, name in enumerate(names)}
+
+    def output_probabilities(self, output):
+        return {"probabilities": output.sigmoid()}  # one per label; the thresholds stay outside the model
 
     def outputs_from_table(self, table):
         names = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]

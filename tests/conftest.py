@@ -81,7 +81,7 @@ def run_script(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | N
     return result
 
 
-SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py", "analyze.py")
+SCRIPTS = ("train.py", "kfold_train.py", "inference.py", "tune.py", "analyze.py", "export.py")
 
 
 @contextlib.contextmanager
@@ -208,6 +208,7 @@ LONGEST_FIRST = [
     "test_ema_mixup.py",  # 25
     "test_kfold.py",  # 25
     "test_inference.py",  # 25
+    "test_export.py",  # 25
     "test_tasks.py",  # 25
     "test_edge_cases.py",  # 20
     "test_analysis_runs.py",  # 15

@@ -12,6 +12,7 @@ import shlex
 import pytest
 
 import analyze
+import export
 import inference
 import kfold_train
 import train
@@ -21,7 +22,7 @@ from tests.conftest import REPO
 # The students of README's distillation chain, which need the teacher the commands before them train.
 CHAIN_STUDENTS = {"configs/distill_student.json", "configs/distill_student_pseudo.json"}
 SCRIPTS = {"train.py": train, "kfold_train.py": kfold_train, "inference.py": inference, "tune.py": tune,
-           "analyze.py": analyze}
+           "analyze.py": analyze, "export.py": export}
 
 
 def manual_text() -> str:
@@ -65,7 +66,7 @@ def test_readme_command(command, tmp_path, capsys):
             continue
         assert tokens[0] == "python", part
         if tokens[1] == "-m":
-            assert tokens[2] in ("pytest", "utils.new_project")
+            assert tokens[2] in ("pytest", "utils.new_project", "utils.average_checkpoints")
             continue
         script, argv = tokens[1], tokens[2:]
         assert (REPO / script).is_file(), script

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from utils import distributed as dist
+from utils.checkpoint import top_k
 from utils.checkpoint.files import FORMAT_VERSION, load_model_weights, strip_module_prefix
 from utils.checkpoint.pretrained import load_matching
 from utils.checkpoint.resume import ResumePoint
@@ -41,22 +42,28 @@ def capture(trainer, epoch: int, log: dict, batches_done: int = 0) -> dict:
         "loss_args": trainer.loss_args,
         "epoch_state": dist.gather_objects(epoch_state(trainer)) if batches_done else {},  # one per process
         "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+        "top_k": trainer.top_k.state_dict(),
+        "swa": trainer.swa.state_dict(),
     }
 
 
 def save(trainer, epoch: int, log: dict, best: bool = False, batches_done: int = 0) -> None:
     """Write the run's last.pth (atomic, checksummed); link checkpoint-epoch{N}.pth every save_period
     epochs and model_best.pth when the monitored value improved. Every process takes part (RNG states)."""
+    entered = batches_done == 0 and trainer.top_k.update(epoch, log)  # the checkpoint holds the new list
     state = capture(trainer, epoch, log, batches_done)
     if not dist.is_main_process():
         return
-    links = []  # hard links to last.pth: no extra disk space, and atomic
+    # hard links to last.pth: no extra disk space, and atomic
+    links = [trainer.run_dir / top_k.file_name(epoch)] if entered else []
     if batches_done == 0 and trainer.save_period and epoch % trainer.save_period == 0:
         links.append(trainer.run_dir / f"checkpoint-epoch{epoch}.pth")
     if best:
         links.append(trainer.run_dir / "model_best.pth")
-    wait = best or trainer.config.unsaved_changes  # wait for the disk: a failed write stops here
+    wait = best or entered or trainer.config.unsaved_changes  # wait for the disk: a failed write stops here
     trainer.checkpoint_writer.save(state, trainer.run_dir / "last.pth", links, wait=wait)
+    if entered:  # the listing once the new file is on disk, then the file that dropped out goes
+        trainer.top_k.write_listing(trainer.run_dir)
     if wait:
         trainer.config.save_config()  # resume changes reach config.json once a checkpoint holds them
     if best:
@@ -74,6 +81,9 @@ def restore(trainer, point: ResumePoint) -> None:
     """Put ``trainer`` in the state ``point`` was saved in, with the config's changes applied from the
     resumed epoch on. The RNG states are set when training starts (``trainer.rng_to_restore``)."""
     logger.info("resuming from %s", point.path)
+    if point.get("averaged_from") is not None:
+        raise CheckpointError(str(point.path), "holds averaged weights without a training state: start a new "
+                                               "run from them with --finetune")
     check_arch(trainer, point.checkpoint, point.path)
     state = point.own("epoch_state")  # stopped mid-epoch: this process's running totals
     stopped_with = state.get("batch_size", trainer.data_loader.batch_size)
@@ -94,6 +104,8 @@ def restore(trainer, point: ResumePoint) -> None:
     elif trainer.ema is not None:
         logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
     point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler)
+    trainer.top_k.load_state_dict(point.get("top_k"))  # a smaller save_top_k drops the worst at once
+    trainer.swa.load_state_dict(trainer, point.get("swa"))
     trainer.start_epoch, trainer.resume_batches = point["epoch"] + 1, point["batches_done"]
     trainer.resume_state, trainer.global_step = dict(state), point["global_step"]
     if point["config"]["trainer"]["monitor"] == trainer.monitor:

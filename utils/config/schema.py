@@ -20,6 +20,7 @@ from utils.config.fields import (  # noqa: F401  (did_you_mean and check_compone
     one_of,
     positive,
 )
+from utils.config.weight_averaging import check_averaging
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ TRAINER = {
     "freeze_backbone_epochs": Field((int,), 0, non_negative),
     "ema": Field((dict, NONE), None),
     "mixup": Field((dict, NONE), None),
+    "save_top_k": Field((int,), 0, non_negative),
+    "average_top_k": Field((bool,), False),
+    "swa": Field((dict, NONE), None),
 }
 EMA = {
     "decay": Field((float,), 0.9998, lambda v: None if 0 < v < 1 else "must be between 0 and 1"),
@@ -219,6 +223,7 @@ def _check_training_recipe(resolved: dict) -> None:
     for key, schema in (("ema", EMA), ("mixup", MIXUP)):
         if trainer[key] is not None:
             trainer[key] = check_section(f"trainer.{key}", trainer[key], schema)
+    check_averaging(trainer)  # save_top_k, average_top_k, swa
     if resolved["lr_scheduler"] is None:
         return
     scheduler = resolved["lr_scheduler"] = _with_extras("lr_scheduler", resolved["lr_scheduler"], LR_SCHEDULER)

@@ -74,7 +74,10 @@ class ModelEma:
 
 
 def model_weights(checkpoint: dict, use_ema: bool = True) -> dict:
-    """The weights to predict with: the EMA's when the checkpoint has them (and ``use_ema``), else the model's."""
+    """The weights to predict with: the average's when the checkpoint has one (the EMA's, or once SWA has
+    started the SWA average's) and ``use_ema``, else the model's."""
+    if use_ema and checkpoint.get("swa"):
+        return checkpoint["swa"]["state_dict"]
     if use_ema and checkpoint.get("ema"):
         return checkpoint["ema"]["state_dict"]
     return checkpoint["state_dict"]
