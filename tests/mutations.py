@@ -120,8 +120,9 @@ SABOTAGES = [
     Sabotage("competition: leave a finished trial's workers running", "tune.py", "                stop_workers(trainer"
              ".data_loader, trainer.valid_data_loader)", "                pass", [f"{WORK}each_trial_stops_its_workers"
                                                                                   "_when_it_ends"]),
-    Sabotage("competition: forgotten workers left to multiprocessing", "utils/data/workers.py", "        if child"
-             ".daemon:", "        if False:", [f"{WORK}workers_of_a_forgotten_loader_do_not_block_the_exit"]),
+    Sabotage("competition: forgotten workers left to multiprocessing", "utils/data/workers.py", "workers = [child "
+             "for child in multiprocessing.active_children() if child.daemon]", "workers = []",
+             [f"{WORK}workers_of_a_forgotten_loader_do_not_block_the_exit"]),
     Sabotage("competition: inference keeps the training sampler", "inference.py", 'overrides = {"sampler": None, '
              '"samples_per_epoch": None, "drop_last": False}', "overrides = {}",
              [f"{COMP}inference_reads_every_test_sample_once_whatever_the_training_sampler"]),

@@ -2,6 +2,7 @@
 import atexit
 import multiprocessing
 import multiprocessing.util  # noqa: F401 (its exit handler is registered first, so it runs after ours)
+import signal
 import weakref
 
 loaders_with_workers = weakref.WeakSet()
@@ -35,7 +36,12 @@ def _stop_workers() -> None:
     stopping them) are killed: DataLoader workers are the program's only daemonic processes.
     """
     stop_workers(*list(loaders_with_workers))
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join(timeout=5)
+    # torch's SIGCHLD handler raises when a worker of a live iterator dies: here, in the middle of this
+    # loop, which would leave the next workers running.
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in workers:
+        child.kill()
+    for child in workers:
+        child.join(timeout=5)
