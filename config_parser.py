@@ -19,6 +19,7 @@ from utils.config import components
 from utils.config import schema as config_schema
 from utils.config.overrides import apply_modifications
 from utils.errors import ConfigError
+from utils.recipe.param_groups import scaled_group_rates
 from utils.util import read_json, write_json
 
 
@@ -103,6 +104,8 @@ class ConfigParser:
             raise ConfigError("command line", "give a config file with -c config.json, or a run to resume with -r")
         else:
             config = read_json(args.config)
+        if getattr(args, "lr", None) is not None:  # --lr keeps the ratios between the parameter groups
+            modification = scaled_group_rates(config, args.lr) | modification
         if getattr(args, "finetune", None) and resume:
             raise ConfigError("command line", "use either -r (continue a run) or --finetune (start a new one)")
         parsed = cls(config, resume=resume, modification=modification, run_id=getattr(args, "run_id", None),

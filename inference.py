@@ -26,10 +26,11 @@ from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, loa
 from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
 from utils.config.components import build_transform, call, lookup_type, parameters, section_module
 from utils.config.overrides import parse_overrides
+from utils.config.suspicious import warn_about_tta
 from utils.errors import CheckpointError, ConfigError, DataError, PredictionInterrupted
 from utils.export.card import exported_checkpoint
 from utils.export.wrappers import OnnxModel
-from utils.predict import predict_to_csv
+from utils.predict import check_ensemble, check_output_path, predict_to_csv
 from utils.recipe.ema import model_weights
 from utils.submission import read_submission_csv, write_submission
 from utils.util import amp_dtype, prepare_device, read_json
@@ -127,6 +128,8 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
     if tta:
         logger.info("test-time augmentation: %d views of each batch averaged, the batch itself and %s", len(tta) + 1,
                     ", ".join(repr(transform.transforms[0]) for transform in tta))
+    if tta and len(loader.dataset):
+        warn_about_tta(config["inference"]["tta"], loader.dataset[0][0])  # a flip of a table's features
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
     indices = loader.dataset.indices if hasattr(loader.dataset, "indices") else range(len(dataset))
     ids = [dataset.sample_id(int(i)) for i in indices]
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
                                            "of a k-fold run are in its oof_predictions.csv")
     output = Path(args.output or config["inference"]["output"]
                   or _default_output(Path(args.resume[0]), config["inference"]["split"], args.probabilities))
+    check_output_path(output, "--output" if args.output else "inference.output")
+    check_ensemble(config.config, checkpoints, paths)  # one task, one set of heads and classes
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])

@@ -20,6 +20,7 @@ from utils import distributed as dist
 from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
 from utils.config.components import parameters
+from utils.config.suspicious import warn_about_run
 from utils.data.class_weights import loss_args_from_data
 from utils.data.splits import stratification_labels
 from utils.data.teacher import build_extras
@@ -66,6 +67,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     optimizer = build_optimizer(config, model)  # parameter groups: utils/recipe/param_groups.py
     steps_per_epoch = math.ceil(len(data_loader) / config["trainer"]["grad_accum_steps"])
     lr_scheduler = build_lr_scheduler(config, optimizer, steps_per_epoch)  # warmup: utils/recipe/schedulers.py
+    warn_about_run(config, len(data_loader.train_indices), steps_per_epoch)  # a warmup as long as the run...
 
     trainer_class = config.lookup("trainer")
     trainer = trainer_class(model, criterion, metrics, optimizer, config=config, device=device,

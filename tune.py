@@ -31,12 +31,14 @@ from utils.config.schema import check_path_part
 from utils.data.splits import describe_folds
 from utils.data.workers import stop_workers
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from utils.recipe.param_groups import scaled_group_rates
 from utils.seeding import configure_determinism, seed_everything
 from utils.tune.report import write_hparams, write_results
 from utils.tune.space import build_search_part, check_space, study_direction, suggest
 from utils.tune.study import (
     Reporter,
     SurplusTrial,
+    check_storage_target,
     counted_trials,
     fail_dead_workers,
     open_storage,
@@ -216,6 +218,8 @@ def read_sweep_args(args) -> tuple[ConfigParser, Path | None, dict]:
         raise ConfigError("command line", "give a config file with -c config.json, or a sweep to continue with -r")
     else:
         raw = read_json(args.config)
+    if args.lr is not None:  # --lr keeps the ratios between the parameter groups, as in train.py
+        modification = scaled_group_rates(raw, args.lr) | modification
     config = ConfigParser(raw, modification=modification)
     if sweep_dir is None and args.run_id is not None:
         check_path_part("--run-id", args.run_id)
@@ -239,6 +243,8 @@ def read_sweep_args(args) -> tuple[ConfigParser, Path | None, dict]:
 def main(argv: list[str] | None = None) -> None:
     args = command_line().parse_intermixed_args(argv)
     config, sweep_dir, settings = read_sweep_args(args)
+    if settings.get("storage"):
+        check_storage_target(settings["storage"])  # a bad URL or folder: before the dry run ends
     # Everything is checked before the first trial: the space, the direction, the sampler and the pruner.
     space = check_space(config.config)
     direction = study_direction(config.config)

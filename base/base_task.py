@@ -30,6 +30,11 @@ class BaseTask:
         ...         return {"prediction": outputs[:, 0].round().cpu().numpy()}
     """
 
+    # What a target is: "class" (one class index), "value" (numbers), "labels" (a 0/1 vector) or
+    # "heads" (one class per head). The config checks read it: a balanced sampler needs classes or
+    # labels to balance, MixUp needs one class index per sample.
+    target_kind = "class"
+
     # -- training ------------------------------------------------------------------------------
     def prepare_target(self, target):
         """A batch of targets as the loss and the metrics take it (on the device already).

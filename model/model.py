@@ -111,6 +111,8 @@ class TimmModel(BaseModel):
         weights_file: a local .safetensors, .pth or .bin file of the model's weights (read tensors only);
             tensors of another shape (the head for 1000 ImageNet classes) keep their fresh values.
         in_chans: input channels; with a weights file for 3, the first convolution is adapted as timm does.
+        strict: a weights file that fits fewer than half of the model's tensors is an error (the weights of
+            another architecture, most likely); false loads what fits, with a warning.
         drop_rate, drop_path_rate, kwargs: passed to ``timm.create_model``.
 
     Examples:
@@ -118,7 +120,8 @@ class TimmModel(BaseModel):
     """
 
     def __init__(self, model_name: str, num_classes: int, pretrained: bool = False, weights_file: str | None = None,
-                 in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0, **kwargs):
+                 in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.0, strict: bool = True,
+                 **kwargs):
         super().__init__()
         import timm
 
@@ -137,7 +140,7 @@ class TimmModel(BaseModel):
             first_conv = f"{self.model.pretrained_cfg.get('first_conv')}.weight"
             if first_conv in weights and weights[first_conv].shape[1] != in_chans:
                 weights[first_conv] = timm.models.adapt_input_conv(in_chans, weights[first_conv])
-            load_matching(self.model, weights, weights_file)
+            load_matching(self.model, weights, weights_file, strict=_strict(strict))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -163,6 +166,8 @@ class TorchvisionModel(BaseModel):
         num_classes: size of the new head (the model's last linear layer).
         pretrained: torchvision's default weights, downloaded once to torch's cache.
         weights_file: a local .pth or .safetensors file of the model's weights (read tensors only).
+        strict: a weights file that fits fewer than half of the model's tensors is an error; false loads
+            what fits, with a warning.
         kwargs: passed to ``torchvision.models.get_model``.
 
     Examples:
@@ -170,7 +175,7 @@ class TorchvisionModel(BaseModel):
     """
 
     def __init__(self, name: str, num_classes: int, pretrained: bool = False, weights_file: str | None = None,
-                 **kwargs):
+                 strict: bool = True, **kwargs):
         super().__init__()
         import torchvision
 
@@ -188,7 +193,7 @@ class TorchvisionModel(BaseModel):
                                                           "arch.args.weights_file") from None
             load_matching(self.model, weights, f"torchvision's {name} weights")
         if weights_file is not None:
-            load_matching(self.model, read_weights_file(weights_file), weights_file)
+            load_matching(self.model, read_weights_file(weights_file), weights_file, strict=_strict(strict))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -198,3 +203,9 @@ class TorchvisionModel(BaseModel):
         heads = [name for name, module in self.model.named_modules()
                  if getattr(module, "out_features", getattr(module, "out_channels", None)) == self.num_classes]
         return [f"model.{heads[-1]}"] if heads else []
+
+
+def _strict(value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError("arch.args.strict", f"must be true or false, got {value!r}")
+    return value

@@ -29,13 +29,24 @@ class MultiHead(BaseTask):
         ...                                         "weights": {"age": 2.0}}}
     """
 
+    target_kind = "heads"
+
     def __init__(self, heads: dict[str, int], weights: dict[str, float] | None = None):
         if not isinstance(heads, dict) or not heads or not all(isinstance(n, int) and n > 1 for n in heads.values()):
             raise ConfigError("task.args.heads", f"must map each head's name to its number of classes (2 or "
                                                  f"more), e.g. {{\"age\": 3}}, got {heads!r}")
+        if weights is not None and not isinstance(weights, dict):
+            raise ConfigError("task.args.weights", f"must map head names to weights, e.g. {{\"age\": 2.0}}, got "
+                                                   f"{weights!r}")
         unknown = set(weights or {}) - set(heads)
         if unknown:
             raise ConfigError("task.args.weights", f"names no head: {', '.join(sorted(unknown))}")
+        for name, weight in (weights or {}).items():
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
+                raise ConfigError(f"task.args.weights.{name}", f"must be a number, 0 or more (a negative weight "
+                                                               f"drives its loss up), got {weight!r}")
+        if weights and heads.keys() <= weights.keys() and not any(weights.values()):
+            raise ConfigError("task.args.weights", "are all 0: no head would be trained")
         self.heads = dict(heads)
         self.weights = [float((weights or {}).get(name, 1.0)) for name in heads]
         sizes = list(self.heads.values())

@@ -16,7 +16,7 @@ import torch
 
 from base.base_task import BaseTask
 from model.multihead import MultiHead
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 from utils.recipe.distillation import binary_kl, squared_error
 
 __all__ = ["Classification", "Regression", "MultiLabel", "MultiHead"]
@@ -37,6 +37,7 @@ class Regression(BaseTask):
     when known; TensorBoard draws the validation predictions against the true values.
     """
 
+    target_kind = "value"
     max_points = 5000  # points of the scatter image, from the first validation samples
 
     def prepare_target(self, target):
@@ -119,7 +120,13 @@ class MultiLabel(BaseTask):
             (oof_thresholds.json), which inference.py on the k-fold directory uses.
     """
 
+    target_kind = "labels"
+
     def __init__(self, thresholds: float | list[float] = 0.5):
+        values = thresholds if isinstance(thresholds, list) and thresholds else [thresholds]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+            raise ConfigError("task.args.thresholds", f"must be a probability in [0, 1] or a list of them (one per "
+                                                      f"label), got {thresholds!r}")
         self.thresholds = thresholds
 
     def threshold_tensor(self, device=None) -> torch.Tensor:

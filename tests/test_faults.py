@@ -109,10 +109,11 @@ def test_resume_with_a_new_lr_and_gamma_trains_with_them_and_records_the_change(
                             "lr_scheduler.args.gamma=0.1", check=True)
     assert "optimizer.args.lr changed at epoch 2: 0.01 -> 0.05" in result.stdout + result.stderr
     lrs = pd.read_csv(run / "metrics.csv")["lr"].tolist()
-    assert lrs == [0.01, 0.05]  # without the change epoch 2 would train at 0.005
+    # Epoch 2 trains at the rate a new run with the new config has there: 0.05 * 0.1 ** (2 - 1).
+    assert lrs == [0.01, pytest.approx(0.05 * 0.1)]
     checkpoint = load_checkpoint(run / "last.pth")
     assert checkpoint["lr_scheduler"]["gamma"] == 0.1 and checkpoint["lr_scheduler"]["base_lrs"] == [0.05]
-    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005)  # stepped with the new gamma
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.1 ** 2)  # after epoch 2
     config = json.loads((run / "config.json").read_text())
     assert config["optimizer"]["args"]["lr"] == 0.05
     assert config["resume_history"] == [{"epoch": 2, "changes": {

@@ -2,6 +2,7 @@
 ``--lr`` keeps the ratios between the groups, and a change of the split is refused in one line.
 One epoch of iris, resumed in this process for a second epoch with each change."""
 import copy
+import json
 import shutil
 
 import pytest
@@ -55,12 +56,21 @@ def test_weight_decay_and_momentum_changed_on_resume_reach_every_group(one_epoch
 
 
 def test_lr_on_resume_keeps_the_ratio_between_the_groups(one_epoch, tmp_path):
+    """--lr X scales every group with a rate of its own by the same factor, as in a new run with --lr X."""
     run, _ = resumed(one_epoch, tmp_path, "--lr", "0.02")
     groups, epoch = groups_of(run)
     assert epoch == 2
-    rates = groups["default"]["lr"], groups["head"]["lr"]
-    assert rates[1] / rates[0] == pytest.approx(HEAD_LR / BASE_LR, rel=1e-12)
-    assert 0.02 in rates, "one group takes the new rate, the other keeps its ratio to it"
+    assert groups["default"]["lr"] == pytest.approx(0.02, rel=1e-12)
+    assert groups["head"]["lr"] == pytest.approx(0.02 * HEAD_LR / BASE_LR, rel=1e-12)
+    history = json.loads((run / "config.json").read_text())["resume_history"][-1]["changes"]
+    assert history["optimizer.param_groups"]["to"][0]["lr"] == pytest.approx(0.1)
+
+
+def test_an_lr_override_sets_the_default_group_alone(one_epoch, tmp_path):
+    """optimizer.args.lr=X is the config's key: a group with a rate of its own keeps it, as in a new run."""
+    run, _ = resumed(one_epoch, tmp_path, "optimizer.args.lr=0.02")
+    groups, _ = groups_of(run)
+    assert (groups["default"]["lr"], groups["head"]["lr"]) == (0.02, HEAD_LR)
 
 
 @pytest.mark.parametrize("change", ["+data_loader.args.stratify=false", "+data_loader.args.group_split=false"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from utils.errors import CheckpointError, ConfigError
 from utils.util import autocast, to_device
 
 
@@ -155,3 +156,70 @@ def write_held_out_predictions(path: str | Path, model: torch.nn.Module, loader,
         ids = [dataset.sample_id(int(i)) for shard in shards for i in shard[0]]
         write_predictions(path, task, ids, torch.cat([s[1] for s in shards]), torch.cat([s[2] for s in shards]),
                           dataset.classes)
+
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".bin", ".onnx", ".pt2")
+
+
+def check_output_path(path: Path, where: str = "--output") -> None:
+    """Refuse, before anything is predicted, an output that is a checkpoint, a folder, or in a place
+    that cannot be written: predictions are a CSV file, and writing one must not replace a model.
+
+    Examples:
+        >>> check_output_path(Path("run/model_best.pth"))   # ConfigError: --output: ... is a checkpoint's name
+    """
+    import tempfile
+
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ConfigError(where, f"{path} has a checkpoint's name ({path.suffix}): the predictions are a CSV "
+                                 "file, e.g. predictions.csv")
+    if path.is_dir():
+        raise ConfigError(where, f"{path} is a folder: give a file name, e.g. {path / 'predictions.csv'}")
+    if path.is_file():
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":
+                raise ConfigError(where, f"{path} is a checkpoint (a torch.save file): writing the predictions "
+                                         "would replace it; give another name, e.g. predictions.csv")
+    folder = next(parent for parent in (path.parent.absolute(), *path.parent.absolute().parents) if parent.exists())
+    if not folder.is_dir():
+        raise ConfigError(where, f"{folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(where, f"cannot write in {folder}: {error.strerror or error}") from None
+
+
+def _task_of(config: dict) -> tuple[str, dict | None]:
+    task = config.get("task") or "Classification"
+    task = {"type": task} if isinstance(task, str) else task
+    return task.get("type"), (task.get("args") or {}).get("heads")
+
+
+def check_ensemble(config: dict, checkpoints: list[dict], paths: list[Path]) -> None:
+    """Every model of an ensemble (or the one model) must predict what the config's task reads: the
+    same task, the same heads, the same number of outputs and the same class names, or averaging
+    their outputs mixes different things.
+
+    Examples:
+        >>> check_ensemble(config.config, checkpoints, paths)   # CheckpointError naming the odd one out
+    """
+    task, heads = _task_of(config)
+    first_classes = checkpoints[0].get("classes")
+    first_outputs = checkpoints[0]["config"]["arch"].get("args", {}).get("num_classes")
+    for checkpoint, path in zip(checkpoints, paths):
+        own_task, own_heads = _task_of(checkpoint["config"])
+        if own_task != task:
+            raise CheckpointError(str(path), f"was trained for the task {own_task}, but the predictions are read "
+                                             f"as {task}: an ensemble averages models of one task")
+        if own_heads != heads:
+            raise CheckpointError(str(path), f"was trained for the heads {own_heads}, but the predictions are read "
+                                             f"for {heads}")
+        outputs = checkpoint["config"]["arch"].get("args", {}).get("num_classes")
+        if None not in (outputs, first_outputs) and outputs != first_outputs:
+            raise CheckpointError(str(path), f"has {outputs} outputs, {paths[0]} has {first_outputs}: the "
+                                             "ensemble's outputs cannot be averaged")
+        classes = checkpoint.get("classes")
+        if None not in (classes, first_classes) and list(classes) != list(first_classes):
+            raise CheckpointError(str(path), f"was trained on the classes {', '.join(classes[:5])}, {paths[0]} on "
+                                             f"{', '.join(first_classes[:5])}: averaging would mix classes")

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def read_json(path: str | Path) -> dict:
-    """Read a JSON file; a missing file or invalid JSON is a ConfigError with the line and column.
+    """Read a JSON file; a missing file or invalid JSON is a ConfigError with the line and column, and
+    a key given twice in one object (JSON would silently keep the last) one with the key and its line.
 
     A UTF-8 byte-order mark (as Windows Notepad writes) is accepted.
     """
@@ -29,9 +30,51 @@ def read_json(path: str | Path) -> dict:
     except UnicodeDecodeError as error:
         raise ConfigError(str(path), f"is not UTF-8 text (byte {error.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_refuse_duplicates)
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}:{error.lineno}:{error.colno}", f"invalid JSON: {error.msg}") from None
+    except _DuplicateKey as duplicate:
+        line = _line_of_second(text, duplicate.key)
+        raise ConfigError(f"{path}:{line}" if line else str(path),
+                          f"the key {duplicate.key!r} is given twice in one object (JSON would keep only the "
+                          "last): remove one") from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _line_of_second(text: str, key: str) -> int | None:
+    """The line of the duplicate ``key``: the first line where it is given a second time inside the
+    same object (tracked by the nesting of braces, strings skipped by the JSON scanner)."""
+    stack, i = [set()], 0
+    while i < len(text):
+        char = text[i]
+        if char == '"':
+            string, end = json.decoder.scanstring(text, i + 1)
+            if text[end:].lstrip().startswith(":"):  # a key
+                if string == key and string in stack[-1]:
+                    return text.count("\n", 0, i) + 1
+                stack[-1].add(string)
+            i = end
+            continue
+        if char in "{[":
+            stack.append(set())
+        elif char in "}]" and len(stack) > 1:
+            stack.pop()
+        i += 1
+    return None
 
 
 def write_json(content: dict, path: str | Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from utils.checkpoint.unreadable import describe_unreadable
 from utils.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -167,7 +168,7 @@ def read_verified(path: str | Path) -> bytes:
     tag_at = len(data) - _CHECKSUM_LENGTH
     if data[tag_at : tag_at + len(_CHECKSUM_TAG)] != _CHECKSUM_TAG:
         if not zipfile.is_zipfile(io.BytesIO(data)):
-            raise CheckpointError(str(path), "not a checkpoint (not a torch.save file, or truncated)")
+            raise CheckpointError(str(path), f"not a checkpoint: it {describe_unreadable(data)}")
         raise CheckpointError(str(path), "damaged or not written by this template (no checksum)")
     expected = data[tag_at + len(_CHECKSUM_TAG) :].decode("ascii", "replace")
     if hashlib.sha256(data[:tag_at]).hexdigest() != expected:
@@ -194,7 +195,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(str(path), f"refused to load: it holds objects other than tensors and plain "
                                          f"data{what}, which could run code; load only files you trust") from None
     except Exception as error:
-        raise CheckpointError(str(path), f"cannot be read: {error}") from error
+        raise CheckpointError(str(path), f"cannot be read: it {describe_unreadable(data)} "
+                                         f"({type(error).__name__})") from error
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         raise CheckpointError(str(path), "not a training checkpoint of this template")
     if checkpoint["format_version"] > FORMAT_VERSION:

@@ -30,6 +30,8 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
         torch.Size([64, 3, 7, 7])
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(where, f"{path} is a folder: name the weights file in it")
     if not path.is_file():
         raise ConfigError(where, f"{path}: no such file")
     if path.suffix not in SUFFIXES:
@@ -40,8 +42,12 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
 
         try:
             return load_file(path, device="cpu")
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(str(path), f"cannot be read as safetensors: {error}") from None
+        except (SafetensorError, OSError):
+            raise CheckpointError(str(path), f"cannot be read: it {_what_is_wrong(path, 'safetensors')}") from None
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if start[:4] != b"PK\x03\x04" and start[:1] != b"\x80":  # neither torch.save's zip nor a legacy pickle
+        raise CheckpointError(str(path), f"cannot be read: it {_what_is_wrong(path)}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -49,8 +55,8 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
         raise CheckpointError(str(path), "refused: it holds objects other than tensors" +
                               (f" ({found.group(1)})" if found else "") + ", which could run code; "
                               "save only the state_dict (torch.save(model.state_dict(), path))") from None
-    except Exception as error:
-        raise CheckpointError(str(path), f"cannot be read: {error}") from None
+    except Exception:
+        raise CheckpointError(str(path), f"cannot be read: it {_what_is_wrong(path)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]
@@ -59,17 +65,35 @@ def read_weights_file(path: str | Path, where: str = "arch.args.weights_file") -
     return {key.removeprefix("module."): value for key, value in content.items()}
 
 
-def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> list[str]:
+def _what_is_wrong(path: Path, expected: str = "torch") -> str:
+    from utils.checkpoint.unreadable import describe_unreadable
+
+    return describe_unreadable(path.read_bytes(), expected)
+
+
+def load_matching(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                  strict: bool | None = None, where: str = "arch.args.weights_file") -> list[str]:
     """Load the tensors of ``weights`` that fit ``model``; the others keep their fresh values.
 
     Logs the keys the file lacks and the ones it has in another shape (a head for another number of
-    classes) or that the model does not have. Returns the model's keys that kept their fresh values.
+    classes) or that the model does not have. Fewer than half of the model's tensors fitting usually
+    means the weights of another architecture: an error with ``strict`` True (set ``strict: false``
+    to load them anyway), else a warning line. Returns the model's keys that kept their fresh values.
+
+    Examples:
+        >>> load_matching(model, read_weights_file("weights/resnet18.safetensors"), "resnet18", strict=True)
     """
     own = model.state_dict()
     fitting = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}
     if not fitting:
         raise CheckpointError(source, f"none of its {len(weights)} tensors fit the model (keys like "
                                       f"{', '.join(list(weights)[:3])}; the model has {', '.join(list(own)[:3])})")
+    if len(fitting) * 2 < len(own):
+        few = f"only {len(fitting)} of the model's {len(own)} tensors fit {source}"
+        if strict:
+            raise ConfigError(where, f"{few}: the weights of another architecture? Set arch.args.strict to false "
+                                     "to load them anyway")
+        logger.warning("warning: %s: %s; the other %d keep their fresh values", where, few, len(own) - len(fitting))
     reshaped = sorted(k for k in weights if k in own and k not in fitting)
     unused = sorted(k for k in weights if k not in own)
     missing = sorted(k for k in own if k not in weights)

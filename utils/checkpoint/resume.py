@@ -1,18 +1,22 @@
 """What a resumed run may change, and how a change reaches the restored optimizer and scheduler.
 
 On ``-r``, the optimizer and the scheduler come back from the checkpoint, so a config value that
-they keep (the learning rate, weight decay, momentum, a scheduler's step size...) would be silently
-ignored. Here each changed value is written into the restored state, logged, and recorded in the
-run's ``resume_history``. A change that would alter what the finished epochs meant (the seed, the
-data, its split, the model) is refused: that is a new run, or ``--finetune``.
+they keep (a learning rate, a group's options, weight decay, the scheduler and its warmup) would be
+silently ignored. A change of them is applied exactly: every parameter group gets the options of
+the new config, and the new scheduler is built and stepped as often as the finished epochs (or
+optimizer steps) stepped the old one, so the rates are those a new run with the new config would
+have from the resumed epoch on. Each change is logged and recorded in the run's ``resume_history``.
+A change that would alter what the finished epochs meant, or that cannot be applied exactly (the
+seed, the data, its split, the model, the task, the optimizer's type, which tensors each parameter
+group holds, a ReduceLROnPlateau's past reductions), is refused: that is a new run, or ``--finetune``.
 """
 import copy
 import json
 import logging
-from collections import Counter
 from pathlib import Path
 
 from utils import distributed as dist
+from utils.checkpoint.resume_rates import REFUSAL, apply_to_restored, replay_schedule
 from utils.config import schema as config_schema
 from utils.errors import ConfigError
 from utils.recipe.schedulers import check_auto_on_resume
@@ -29,10 +33,16 @@ FIXED_ON_RESUME = {
     "data_loader.args.split_seed": "the split into training and validation samples",
     "data_loader.args.stratify": "the split into training and validation samples",
     "data_loader.args.group_split": "the split into training and validation samples",
-    "lr_scheduler.type": "the scheduler whose state the checkpoint holds",
     "loss.args.teacher": "the teacher's soft labels the finished epochs learned from",
     "pseudo_labels": "the pseudo-labelled samples the finished epochs trained on",
+    "task.type": "what the targets mean, which the model's outputs were trained for",
+    "task.args.heads": "the heads the model's outputs were trained for",
+    "optimizer.type": "the optimizer whose state (momentum, moment estimates) the checkpoint holds",
+    "optimizer.no_decay_norm_and_bias": "which tensors get weight decay, that is the parameter groups whose "
+                                        "state the checkpoint holds",
 }
+PLATEAU = "ReduceLROnPlateau"
+RATE_PATHS = ("optimizer.args.lr", "optimizer.param_groups", "optimizer.layer_decay", "lr_scheduler")
 
 
 def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, dict]:
@@ -56,14 +66,84 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, dict]:
     return changes
 
 
-def check_resume_changes(changes: dict[str, dict]) -> None:
-    """Refuse a change that would make the finished epochs mean something else."""
+def check_resume_changes(changes: dict[str, dict], old: dict | None = None, new: dict | None = None) -> None:
+    """Refuse a change that would make the finished epochs mean something else, or that the restored
+    optimizer and scheduler cannot take exactly (``old`` and ``new``: the two configs)."""
     for path, change in changes.items():
         for fixed, what in FIXED_ON_RESUME.items():
             if path == fixed or path.startswith(fixed + "."):
                 raise ConfigError(path, f"cannot change when resuming ({what}; it was "
-                                        f"{json.dumps(change['from'])}, now {json.dumps(change['to'])}): start a "
-                                        "new run, or one from this run's weights with --finetune RUN/model_best.pth")
+                                        f"{json.dumps(change['from'])}, now {json.dumps(change['to'])}): {REFUSAL}")
+    if old is not None and new is not None:
+        _check_group_changes(changes, new["optimizer"].get("no_decay_norm_and_bias", True), _default_decay(new))
+        _check_scheduler_change(old, new)
+
+
+def _refuse(path: str, why: str) -> None:
+    raise ConfigError(path, f"cannot change when resuming ({why}): {REFUSAL}")
+
+
+def _default_decay(config: dict) -> float:
+    """The weight decay of the config's optimizer when its args give none (AdamW: 0.01, most others: 0)."""
+    import inspect
+
+    from utils.config.components import lookup_type, section_module
+
+    try:
+        optimizer_class = lookup_type(section_module("optimizer"), config["optimizer"]["type"], "optimizer.type")
+        default = inspect.signature(optimizer_class).parameters["weight_decay"].default
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return 0.0
+    return default if isinstance(default, (int, float)) else 0.0
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _check_group_changes(changes: dict[str, dict], no_decay_norm_and_bias: bool, default_decay: float) -> None:
+    """The parameter groups' options may change; which tensors each group holds may not (the optimizer
+    state the checkpoint holds is per group). With ``no_decay_norm_and_bias``, turning weight decay on
+    or off moves biases and norms into groups of their own."""
+    layer_decay = changes.get("optimizer.layer_decay")
+    if layer_decay and (layer_decay["from"] is None or layer_decay["to"] is None):
+        _refuse("optimizer.layer_decay", "turning layer decay on or off splits or joins the parameter groups "
+                                         "whose optimizer state the checkpoint holds; its value may change")
+    decay = changes.get("optimizer.args.weight_decay")
+    if decay and no_decay_norm_and_bias and bool(_or(decay["from"], default_decay)) != bool(
+            _or(decay["to"], default_decay)):
+        _refuse("optimizer.args.weight_decay", "turning weight decay on or off splits or joins the parameter "
+                                               "groups (biases and norms get none); a non-zero value may change")
+    groups = changes.get("optimizer.param_groups")
+    if not groups:
+        return
+    before, after = groups["from"] or [], groups["to"] or []
+    if len(before) != len(after):
+        _refuse("optimizer.param_groups", f"{len(before)} groups became {len(after)}: the tensors of each group "
+                                          "and their optimizer state are fixed; a group's options may change")
+    for i, (old, new) in enumerate(zip(before, after)):
+        for key in ("match", "name"):
+            if isinstance(old, dict) and isinstance(new, dict) and old.get(key) != new.get(key):
+                _refuse(f"optimizer.param_groups.{i}.{key}", "it decides which tensors the group and its "
+                                                             "optimizer state hold; its lr and options may change")
+        switched = isinstance(old, dict) and isinstance(new, dict) and "weight_decay" in {*old, *new} and \
+            bool(old.get("weight_decay", 1)) != bool(new.get("weight_decay", 1))
+        if no_decay_norm_and_bias and switched:
+            _refuse(f"optimizer.param_groups.{i}.weight_decay", "turning weight decay on or off splits or joins "
+                                                                "the parameter groups")
+
+
+def _scheduler_type(config: dict) -> str | None:
+    return (config.get("lr_scheduler") or {}).get("type")
+
+
+def _check_scheduler_change(old: dict, new: dict) -> None:
+    """Any scheduler can be replayed over the finished epochs except ReduceLROnPlateau, whose reductions
+    followed the validation values: it may not be added, removed or replaced."""
+    before, after = _scheduler_type(old), _scheduler_type(new)
+    if before != after and PLATEAU in (before, after):
+        _refuse("lr_scheduler", f"it was {before or 'none'}, now {after or 'none'}; the past reductions of a "
+                                f"{PLATEAU} followed the validation values and cannot be worked out again")
 
 
 def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
@@ -73,7 +153,7 @@ def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
     except ConfigError:
         pass
     changes = config_changes(saved, config)
-    check_resume_changes(changes)
+    check_resume_changes(changes, saved, config)
     check_auto_on_resume(changes, config["lr_scheduler"])
     return changes
 
@@ -103,6 +183,10 @@ class ResumePoint:
     def compare(self, config: dict) -> dict[str, dict]:
         """Find the changes of ``config`` since the checkpoint, refusing those resuming cannot honour."""
         self.changes = compare_configs(self.checkpoint["config"], config)
+        swa = self.checkpoint.get("swa")
+        for path in self.changes:
+            if swa and path.startswith(RATE_PATHS):  # SWALR, not the config's schedule, sets the rates now
+                _refuse(path, f"SWA started at epoch {swa['start']}: from then on its SWALR sets the rates")
         return self.changes
 
     def __getitem__(self, key: str):
@@ -116,56 +200,37 @@ class ResumePoint:
         value = self.checkpoint[key]
         return dist.own_entry(value) if isinstance(value, list) else value
 
-    def apply_changes(self, config, optimizer, lr_scheduler) -> None:
-        """Write the changed values into the restored optimizer and scheduler, log each change and
-        add it to the run's ``resume_history`` (written to config.json once a checkpoint holds it)."""
+    def replays_schedule(self, config: dict) -> bool:
+        """Whether the optimizer or the scheduler changed and the new config's scheduler is built anew and
+        stepped over the finished epochs (so the checkpoint's scheduler state is not loaded): always,
+        except for ReduceLROnPlateau, whose state is its reductions, and once SWA has started."""
+        changed = any(path.startswith(("optimizer", "lr_scheduler")) for path in self.changes)
+        return changed and _scheduler_type(config) != PLATEAU and not self.checkpoint.get("swa")
+
+    def apply_changes(self, config, optimizer, lr_scheduler, new_groups: list[dict] | None = None,
+                      steps_per_epoch: int = 1):
+        """Apply the changes to the restored optimizer and scheduler, log each change and add it to the
+        run's ``resume_history`` (written to config.json once a checkpoint holds it). Returns the
+        scheduler to train with: the restored one, or the new config's, stepped to the resumed point.
+
+        ``new_groups`` are the parameter groups' options as the new config built them (before the
+        checkpoint's state was loaded); ``steps_per_epoch`` converts a warmup in epochs to steps.
+
+        Examples:
+            >>> trainer.lr_scheduler = point.apply_changes(config, optimizer, lr_scheduler, new_groups, 12)
+        """
         epoch = self.checkpoint["epoch"] + 1
         changes = self.changes
+        if new_groups is not None and any(path.startswith(("optimizer", "lr_scheduler")) for path in changes):
+            if not self.replays_schedule(config.config):
+                apply_to_restored(optimizer, lr_scheduler, new_groups, changes)
+            else:
+                steps = self.checkpoint["global_step"] if (config["lr_scheduler"] or {}).get("interval") == "step" \
+                    else self.checkpoint["epoch"]
+                lr_scheduler = replay_schedule(config, optimizer, new_groups, steps, steps_per_epoch)
         for path, change in changes.items():
-            section, _, key = path.partition(".args.")
-            if section == "optimizer" and key and "." not in key and "optimizer.type" not in changes:
-                # The optimizer was built from the new config: its defaults hold the new value.
-                _set_optimizer_arg(optimizer, lr_scheduler, key, optimizer.defaults.get(key, change["to"]))
-            elif section == "lr_scheduler" and key and "." not in key and lr_scheduler is not None:
-                _set_scheduler_arg(lr_scheduler, key, change["to"], path)
             logger.info("%s changed at epoch %d: %s -> %s", path, epoch, json.dumps(change["from"]),
                         json.dumps(change["to"]))
         if changes:
             config.record_resume(epoch, changes)
-
-
-def _set_optimizer_arg(optimizer, lr_scheduler, key: str, value) -> None:
-    groups = optimizer.param_groups
-    if any(key not in group for group in groups):
-        raise ConfigError(f"optimizer.args.{key}", f"{type(optimizer).__name__} keeps no {key!r} to change")
-    if key != "lr":
-        for group in groups:
-            group[key] = tuple(value) if isinstance(group[key], tuple) else value
-        return
-    # The first group gets the new learning rate; the others keep their ratio to it.
-    for name in ("lr", "initial_lr"):
-        if name in groups[0]:
-            first = groups[0][name]
-            for group in groups:
-                group[name] = value * group[name] / first if first else value
-    if lr_scheduler is not None:
-        for name in ("base_lrs", "_last_lr"):
-            values = getattr(lr_scheduler, name, None)
-            if values:
-                setattr(lr_scheduler, name, [value * v / values[0] if values[0] else value for v in values])
-
-
-def _set_scheduler_arg(lr_scheduler, key: str, value, path: str) -> None:
-    name = {"min_lr": "min_lrs"}.get(key, key)  # ReduceLROnPlateau keeps one per parameter group
-    current = getattr(lr_scheduler, name, None)
-    if current is None and not hasattr(lr_scheduler, name) or callable(current):
-        raise ConfigError(path, f"{type(lr_scheduler).__name__} keeps no {key!r} that can change on resume: "
-                                "start a new run, or one from this run's weights with --finetune")
-    if isinstance(current, Counter):
-        value = Counter(value)
-    elif isinstance(current, list) and not isinstance(value, list):
-        value = [value] * len(current)
-    setattr(lr_scheduler, name, value)
-    if key in ("mode", "threshold", "threshold_mode") and hasattr(lr_scheduler, "_init_is_better"):
-        lr_scheduler._init_is_better(mode=lr_scheduler.mode, threshold=lr_scheduler.threshold,
-                                     threshold_mode=lr_scheduler.threshold_mode)
+        return lr_scheduler

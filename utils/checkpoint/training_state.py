@@ -5,6 +5,7 @@ to the trainer: model, optimizer, scheduler, AMP scaler, EMA, position in the ru
 and the running totals of a half-done epoch.
 """
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from utils.checkpoint import top_k
 from utils.checkpoint.files import FORMAT_VERSION, load_model_weights, strip_module_prefix
 from utils.checkpoint.pretrained import load_matching
 from utils.checkpoint.resume import ResumePoint
+from utils.checkpoint.resume_rates import check_group_layout, group_options
 from utils.errors import CheckpointError, ConfigError
 from utils.seeding import get_rng_state, seed_everything, set_rng_state
 
@@ -92,18 +94,20 @@ def restore(trainer, point: ResumePoint) -> None:
                                                          f"batch size {stopped_with}; resume with it (it may "
                                                          "change at the end of an epoch)")
     load_model_weights(trainer.raw_model, point["state_dict"], point.path)
-    if point["config"]["optimizer"]["type"] != trainer.config["optimizer"]["type"]:
-        logger.warning("the optimizer type changed since the checkpoint: its state is not restored")
-    else:
-        trainer.optimizer.load_state_dict(point["optimizer"])
-    if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None:
+    check_group_layout(trainer.optimizer, point["optimizer"])
+    new_groups = group_options(trainer.optimizer)  # the new config's options, before the state replaces them
+    trainer.optimizer.load_state_dict(point["optimizer"])
+    if trainer.lr_scheduler is not None and point["lr_scheduler"] is not None \
+            and not point.replays_schedule(trainer.config.config):  # else rebuilt by apply_changes
         trainer.lr_scheduler.load_state_dict(point["lr_scheduler"])
     trainer.scaler.load_state_dict(point["scaler"])
     if trainer.ema is not None and point.get("ema"):
         trainer.ema.load_state_dict(point["ema"])
     elif trainer.ema is not None:
         logger.warning("the checkpoint has no EMA weights: the EMA starts from the current weights")
-    point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler)
+    steps_per_epoch = math.ceil(len(trainer.data_loader) / trainer.accum_steps)
+    trainer.lr_scheduler = point.apply_changes(trainer.config, trainer.optimizer, trainer.lr_scheduler, new_groups,
+                                               steps_per_epoch)
     trainer.top_k.load_state_dict(point.get("top_k"))  # a smaller save_top_k drops the worst at once
     trainer.swa.load_state_dict(trainer, point.get("swa"))
     trainer.start_epoch, trainer.resume_batches = point["epoch"] + 1, point["batches_done"]
@@ -130,7 +134,7 @@ def load_weights(trainer, checkpoint: dict, path: Path) -> None:
     """--finetune: the model weights only; tensors whose shape changed (a new head) are skipped."""
     check_arch(trainer, checkpoint, path)
     state_dict = strip_module_prefix(checkpoint["state_dict"], trainer.raw_model.state_dict())
-    load_matching(trainer.raw_model, state_dict, str(path))  # a new head keeps its fresh values
+    load_matching(trainer.raw_model, state_dict, str(path), where="--finetune")  # a new head keeps its fresh values
     logger.info("fine-tuning from the weights of %s (epoch %d)", path, checkpoint["epoch"])
 
 

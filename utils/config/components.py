@@ -11,6 +11,7 @@ from types import ModuleType
 
 from utils.config import schema as config_schema
 from utils.config.schema import did_you_mean
+from utils.config.values import check_with_task
 from utils.errors import ConfigError
 
 # Where each config section looks its "type" up: the one table of component names.
@@ -206,6 +207,7 @@ def check_all(config: dict) -> tuple[dict, object]:
     # The task names the metric columns (MultiHead adds one per head): monitor may name any of them.
     task = call(types["task"], "task", **config["task"].get("args", {}))
     config_schema.check_monitor(config, task.metric_columns(config_schema.metric_names(config)))
+    check_with_task(config, task)  # sampler, MixUp, thresholds and class weights against the task
     inference = config["inference"]
     for section in ("dataset", "data_loader"):
         if inference[section] is not None:

@@ -20,6 +20,7 @@ from utils.config.fields import (  # noqa: F401  (did_you_mean and check_compone
     one_of,
     positive,
 )
+from utils.config.values import check_values
 from utils.config.weight_averaging import check_averaging
 from utils.errors import ConfigError
 
@@ -185,6 +186,7 @@ def validate(config) -> dict:
     for name in COMPONENT_SECTIONS:
         check_component_shape(name, resolved[name], extra_keys=tuple(OPTIMIZER) if name == "optimizer" else ())
     _check_training_recipe(resolved)
+    check_values(resolved)  # the optimizer's options (also per parameter group), the loader's batch
     if not isinstance(resolved["loss"], str):
         check_component_shape("loss", resolved["loss"])
     _check_teacher_sections(resolved)

@@ -54,6 +54,9 @@ class BatchMixer:
         if target.ndim != 1 or target.is_floating_point():
             raise ConfigError("trainer.mixup", f"needs class indices as targets, got a {target.dtype} tensor "
                                                f"of shape {tuple(target.shape)}")
+        if self.mix is not None and data.ndim != 4:
+            raise ConfigError("trainer.mixup", f"MixUp and CutMix (torchvision's) mix image batches (N, C, H, W), "
+                                               f"but the batches are {data.ndim}-D: remove it for this data")
         mixing = self.mix is not None and (self.off_epoch is None or epoch <= self.off_epoch)
         seed = int(sample_seeds(self.seed, epoch, [batch_idx * 65536 + self.rank])[0])
         shape = data.shape

@@ -124,3 +124,22 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     for i, group in enumerate(optimizer.param_groups):
         named.setdefault(f"lr_{group.get('name', i)}", group["lr"])
     return lrs | named if len(named) > 1 else lrs
+
+
+def scaled_group_rates(config: dict, lr: float) -> dict:
+    """``--lr X``: the overrides that give each parameter group with a rate of its own the same multiple
+    of X as it had of ``optimizer.args.lr``, so that the ratios between the groups stay.
+
+    Examples:
+        >>> scaled_group_rates({"optimizer": {"args": {"lr": 0.01}, "param_groups": [{"match": "fc", "lr": 0.05}]}},
+        ...                    0.02)
+        {'optimizer.param_groups.0.lr': 0.1}
+    """
+    optimizer = config.get("optimizer") if isinstance(config, dict) else None
+    base = ((optimizer or {}).get("args") or {}).get("lr") if isinstance(optimizer, dict) else None
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or base <= 0:
+        return {}
+    groups = optimizer.get("param_groups") or []
+    return {f"optimizer.param_groups.{i}.lr": lr * (entry["lr"] / base) for i, entry in enumerate(groups)
+            if isinstance(entry, dict) and isinstance(entry.get("lr"), (int, float))
+            and not isinstance(entry["lr"], bool)}

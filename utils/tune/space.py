@@ -81,6 +81,10 @@ def _check_entry(path: str, spec) -> list:
     if step is not None and (not isinstance(step, number) or isinstance(step, bool) or step <= 0 or log):
         raise ConfigError("tune.space", f"{where} step must be a positive {spec['type']} (and not with log), "
                                         f"got {step!r}")
+    if low == high or (step is not None and step > high - low):
+        raise ConfigError("tune.space", f"{where} the range {low} .. {high}" + (f" with step {step}" if step else "")
+                                        + " holds a single value: every trial would be the same; widen it, or "
+                                          "set the value in the config instead")
     return [low, high]
 
 

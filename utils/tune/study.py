@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from utils import distributed as dist
+from utils.config.fields import did_you_mean
 from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,40 @@ def retry_callback(max_retry: int):
     retry_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
         or optuna.storages.RetryFailedTrialCallback
     return retry_class(max_retry=max_retry, inherit_intermediate_values=True)
+
+
+def check_storage_target(target: str) -> None:
+    """A ``--storage`` is a database URL optuna can open, or a journal file in a folder that exists;
+    checked before the first trial (and by ``--dry-run``), without connecting.
+
+    Examples:
+        >>> check_storage_target("postgres://db/optuna")  # ConfigError: --storage: ... did you mean 'postgresql'?
+    """
+    if "://" not in target:
+        if not Path(target).parent.is_dir():
+            raise ConfigError("--storage", f"{Path(target).parent} is not a folder (a journal file's folder must "
+                                           "exist)")
+        return
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(target)
+        url.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:  # (an ArgumentError too)
+        kinds = ("sqlite", "postgresql", "mysql")
+        raise ConfigError("--storage", f"{target}: unknown database kind {url.drivername!r}"
+                                       f"{did_you_mean(url.get_backend_name(), kinds)}; optuna takes e.g. "
+                                       "sqlite:///study.db, postgresql://user@host/db, mysql://user@host/db") from None
+    except sqlalchemy.exc.ArgumentError as error:
+        raise ConfigError("--storage", f"{target} is not a database URL: {error}") from None
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ConfigError("--storage", f"{target} is an in-memory database, which no other worker sees and "
+                                           "which is lost at the end: give a file, e.g. sqlite:///sweep/study.db")
+        if not Path(url.database).absolute().parent.is_dir():
+            raise ConfigError("--storage", f"{Path(url.database).parent} is not a folder (the SQLite file's folder "
+                                           "must exist)")
 
 
 def open_storage(target: str | None, sweep_dir: Path, options: dict):
