@@ -32,7 +32,7 @@ from utils.export.card import exported_checkpoint
 from utils.export.wrappers import OnnxModel
 from utils.predict import check_ensemble, check_output_path, predict_to_csv
 from utils.recipe.ema import model_weights
-from utils.submission import read_submission_csv, write_submission
+from utils.submission import submission_csv, write_submission
 from utils.util import amp_dtype, prepare_device, read_json
 
 logger = logging.getLogger("inference")
@@ -196,11 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
 
-    submission_table = None  # checked before anything is predicted
-    if config["inference"]["submission"] is not None and config["inference"]["split"] == "valid":
-        logger.warning("inference.submission: not written for predictions of the validation split")
-    elif config["inference"]["submission"] is not None and not args.probabilities:
-        submission_table = read_submission_csv(config["inference"]["submission"])
+    submission_table = submission_csv(config["inference"], args.probabilities)  # checked before predicting
 
     device, _ = prepare_device(config["n_gpu"])
     # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
@@ -227,10 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"),
                       probabilities_only=args.probabilities)
     if submission_table is not None:
-        options = config["inference"]["submission"]
-        path = write_submission(submission_table, output, options, Path(options["output"] or
-                                                                        output.with_name("submission.csv")))
-        logger.info("wrote %s: %s filled in for its %d rows", path, options["column"], len(submission_table))
+        write_submission(submission_table, output, config["inference"]["submission"])
 
 
 def _default_output(resume: Path, split: str = "test", probabilities: bool = False) -> Path:

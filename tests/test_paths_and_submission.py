@@ -95,8 +95,8 @@ def test_the_submission_copies_the_csv_and_fills_its_rows_by_file_name(tmp_path)
     pd.DataFrame({"ImageID": ["c.png", "a.png", "b.png"], "ans": [0, 0, 0], "note": ["x", "", "007"]}).to_csv(
         tmp_path / "info.csv", index=False)
     options = {"csv": str(tmp_path / "info.csv"), "id_column": "ImageID", "column": "ans",
-               "prediction_column": "prediction"}
-    write_submission(read_submission_csv(options), tmp_path / "predictions.csv", options, tmp_path / "out.csv")
+               "prediction_column": "prediction", "output": str(tmp_path / "out.csv")}
+    write_submission(read_submission_csv(options), tmp_path / "predictions.csv", options)
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines == ["ImageID,ans,note", "c.png,9,x", "a.png,5,", "b.png,7,007"]  # other columns as they were
 

@@ -6,9 +6,12 @@ The rows stay as the competition's CSV has them, in its order. Each row's id nam
 matched with the file name of a prediction's ``id`` (or, for ids without an extension, its stem).
 An id with no predicted image, or a predicted image no row names, is an error that names it.
 """
+import logging
 from pathlib import Path
 
 from utils.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
 
 
 def match_rows(ids: list[str], files: list[str], csv_file: str) -> list[int]:
@@ -57,15 +60,26 @@ def read_submission_csv(options: dict):
     return table
 
 
-def write_submission(table, predictions_file: Path, options: dict, output: Path) -> Path:
-    """Write a copy of ``table`` (``read_submission_csv``) to ``output`` with ``options["column"]`` filled
-    from the predictions file's ``options["prediction_column"]`` (MultiHead's ``prediction`` is the combined
-    class). The file is written whole or not at all.
+def submission_csv(inference: dict, probabilities: bool = False):
+    """The competition's CSV the config's ``inference.submission`` names (``read_submission_csv``), or None
+    without one, for the validation split (a warning) or for ``--probabilities``."""
+    if inference["submission"] is None or probabilities:
+        return None
+    if inference["split"] == "valid":
+        logger.warning("inference.submission: not written for predictions of the validation split")
+        return None
+    return read_submission_csv(inference["submission"])
+
+
+def write_submission(table, predictions_file: Path, options: dict) -> Path:
+    """Write a copy of ``table`` (``read_submission_csv``) with ``options["column"]`` filled from the
+    predictions file's ``options["prediction_column"]`` (MultiHead's ``prediction`` is the combined class),
+    to ``options["output"]`` or ``submission.csv`` beside the predictions; written whole or not at all.
 
     Examples:
         >>> options = {"csv": "eval/info.csv", "id_column": "ImageID", "column": "ans",
-        ...            "prediction_column": "prediction"}
-        >>> write_submission(read_submission_csv(options), Path("predictions.csv"), options, Path("submission.csv"))
+        ...            "prediction_column": "prediction", "output": None}
+        >>> write_submission(read_submission_csv(options), Path("predictions.csv"), options)
     """
     import pandas as pd
 
@@ -77,8 +91,10 @@ def write_submission(table, predictions_file: Path, options: dict, output: Path)
     rows = match_rows(table[options["id_column"]].tolist(), predictions["id"].astype(str).tolist(), options["csv"])
     submission = table.copy()
     submission[options["column"]] = predictions[source].to_numpy()[rows]
+    output = Path(options["output"] or Path(predictions_file).with_name("submission.csv"))
     output.parent.mkdir(parents=True, exist_ok=True)
     temp = output.with_name(output.name + ".tmp")
     submission.to_csv(temp, index=False)
     temp.replace(output)
+    logger.info("wrote %s: %s filled in for its %d rows", output, options["column"], len(submission))
     return output
