@@ -20,6 +20,7 @@ import torch
 from base.metric_tracker import Scorer
 from config_parser import ConfigParser
 from logger.logger import setup_logging
+from train import split_labels
 from utils.analysis.temperature import TemperatureScaled, load_temperature
 from utils.checkpoint.files import best_or_last, fold_dirs, load_checkpoint, load_model_weights
 from utils.cli import ArgumentParser, blame, on_stop_signals, run_cli
@@ -31,6 +32,7 @@ from utils.export.card import exported_checkpoint
 from utils.export.wrappers import OnnxModel
 from utils.predict import check_ensemble, check_output_path, predict_to_csv
 from utils.recipe.ema import model_weights
+from utils.submission import submission_csv, write_submission
 from utils.util import amp_dtype, prepare_device, read_json
 
 logger = logging.getLogger("inference")
@@ -52,7 +54,9 @@ def checkpoint_paths(targets: list[str]) -> list[Path]:
 def test_loader(config: ConfigParser, split: str):
     """The loader of the data to predict: the test data, or the run's validation split."""
     if split == "valid":
-        valid_loader = config.init_data_loader("data_loader").split_validation()
+        dataset = config.init_obj("dataset")  # the run's own split, stratified as it was
+        valid_loader = config.init_data_loader("data_loader", dataset=dataset,
+                                               **split_labels(config, config.task, dataset)).split_validation()
         if valid_loader is None:
             raise ConfigError("inference.split", "'valid' needs a validation split, but validation_split is 0")
         return valid_loader
@@ -71,7 +75,18 @@ def test_loader(config: ConfigParser, split: str):
             args["eval_transform"] = build_transform(inherited, "dataset.args.eval_transform")
     dataset = config.init_obj(section, **args).evaluation()
     loader_section = "inference.data_loader" if config["inference"]["data_loader"] is not None else "data_loader"
-    return config.init_data_loader(loader_section, dataset=dataset, validation_split=0, shuffle=False)
+    return config.init_data_loader(loader_section, dataset=dataset, **prediction_loader_args(config, loader_section))
+
+
+def prediction_loader_args(config: ConfigParser, section: str) -> dict:
+    """What the test loader overrides in its section: every sample once, in order, none held out.
+
+    How the training part is drawn (``sampler``, ``samples_per_epoch``) and ``drop_last`` are about
+    training: the test data is read as it is, labelled or not.
+    """
+    args = config.get(section).get("args", {})
+    overrides = {"sampler": None, "samples_per_epoch": None, "drop_last": False}
+    return {"validation_split": 0, "shuffle": False} | {key: value for key, value in overrides.items() if key in args}
 
 
 def load_model(config: ConfigParser, checkpoint: dict, path: Path, device: torch.device,
@@ -110,6 +125,9 @@ def predict_and_score(config: ConfigParser, task, models: list, loader, dataset,
     (``loss_args``: the run's "balanced" class weights, so the loss is the one it trained with).
     ``probabilities_only``: write ``id`` and the soft labels only (``--probabilities``)."""
     tta = [build_transform([step], f"inference.tta.{i}") for i, step in enumerate(config["inference"]["tta"])]
+    if tta:
+        logger.info("test-time augmentation: %d views of each batch averaged, the batch itself and %s", len(tta) + 1,
+                    ", ".join(repr(transform.transforms[0]) for transform in tta))
     if tta and len(loader.dataset):
         warn_about_tta(config["inference"]["tta"], loader.dataset[0][0])  # a flip of a table's features
     data_section = "inference.dataset" if config["inference"]["dataset"] is not None else "dataset"
@@ -171,12 +189,14 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError("--split valid", "scores the validation split of one run; the out-of-fold predictions "
                                            "of a k-fold run are in its oof_predictions.csv")
     output = Path(args.output or config["inference"]["output"]
-                  or _default_output(Path(args.resume[0]), args.probabilities))
+                  or _default_output(Path(args.resume[0]), config["inference"]["split"], args.probabilities))
     check_output_path(output, "--output" if args.output else "inference.output")
     check_ensemble(config.config, checkpoints, paths)  # one task, one set of heads and classes
     # The results are also appended to the info.log of the run the (first) checkpoint belongs to.
     run_dir = Path(args.resume[0]) if Path(args.resume[0]).is_dir() else paths[0].parent
     setup_logging(run_dir if (run_dir / "info.log").is_file() else None, config["trainer"]["verbosity"])
+
+    submission_table = submission_csv(config["inference"], args.probabilities)  # checked before predicting
 
     device, _ = prepare_device(config["n_gpu"])
     # Without -c or arch overrides, each checkpoint builds its own architecture: ensembles may mix them.
@@ -202,10 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     classes = model_classes or dataset.classes  # the names the model learned, also for unlabelled data
     predict_and_score(config, task, models, loader, dataset, output, classes, device, checkpoints[0].get("loss_args"),
                       probabilities_only=args.probabilities)
+    if submission_table is not None:
+        write_submission(submission_table, output, config["inference"]["submission"])
 
 
-def _default_output(resume: Path, probabilities: bool = False) -> Path:
-    name = "probabilities.csv" if probabilities else "predictions.csv"
+def _default_output(resume: Path, split: str = "test", probabilities: bool = False) -> Path:
+    """predictions.csv beside the checkpoint; predictions_valid.csv for the validation split, so that
+    scoring it never overwrites the test predictions; probabilities.csv for ``--probabilities``."""
+    name = "probabilities.csv" if probabilities else "predictions_valid.csv" if split == "valid" else "predictions.csv"
     return (resume.parent if resume.is_file() else resume) / name
 
 

@@ -21,7 +21,8 @@ from utils.checkpoint.files import fold_dirs, load_model_weights, resume_candida
 from utils.checkpoint.top_k import best_weights
 from utils.cli import CLI_OPTIONS, CliOption, on_stop_signals, run_cli
 from utils.data.class_weights import loss_args_from_data
-from utils.data.splits import describe_folds, group_folds
+from utils.data.splits import describe_folds, group_folds, stratification_labels
+from utils.data.workers import stop_workers
 from utils.errors import ConfigError, TrainingInterrupted
 from utils.predict import write_held_out_predictions
 from utils.recipe.ema import model_weights
@@ -68,8 +69,7 @@ def build_folds(config: ConfigParser, train_dataset) -> tuple[list, list | None]
         >>> train_indices, held_out = folds[0]
     """
     options = config["kfold"]
-    targets = train_dataset.targets
-    labels = None if targets is None else config.task.stratify_labels(targets, options["n_bins"])
+    labels = stratification_labels(config.task, train_dataset, options["n_bins"])
     groups = getattr(train_dataset, "groups", None) if options["group"] else None
     folds = make_folds(labels, len(train_dataset), options["n_splits"], options["stratified"],
                        options["shuffle"], config["seed"] if options["seed"] is None else options["seed"], groups)
@@ -109,7 +109,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     trainer.resume_command = f"python kfold_train.py -r {config.run_dir}"
     trainer.wandb_group, trainer.wandb_name = f"{config['name']}/{config.run_dir.name}", f"fold_{fold}"
     fold_config.start_run()
-    logger.info("fold %d/%d: %d training, %d held-out samples%s", fold + 1, config["kfold"]["n_splits"],
+    logger.info("fold_%d (%d of %d): %d training, %d held-out samples%s", fold, fold + 1, config["kfold"]["n_splits"],
                 len(trainer.data_loader.train_indices), len(held_out), " (resumed)" if resumable else "")
     trainer.train()
 
@@ -119,6 +119,7 @@ def run_fold(config: ConfigParser, fold: int, train_dataset, held_out: np.ndarra
     write_held_out_predictions(fold_dir / "oof_predictions.csv", trainer.raw_model, trainer.valid_data_loader,
                                held_out, train_dataset, trainer.device, trainer.task, trainer.amp_dtype,
                                trainer.progress_bar)
+    stop_workers(trainer.data_loader, trainer.valid_data_loader)  # the next fold starts workers of its own
     row = {"fold": fold, "best_epoch": checkpoint["epoch"]}
     if trainer.monitor_mode != "off":
         best_value = checkpoint.get("monitor_best", checkpoint["metrics"].get(trainer.monitor_key))  # or the average's
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         for fold, (_, held_out) in enumerate(folds):
             result_file = config.run_dir / f"fold_{fold}" / "fold_result.json"
             if result_file.is_file():
-                logger.info("fold %d/%d is finished: skipping it", fold + 1, len(folds))
+                logger.info("fold_%d (%d of %d) is finished: skipping it", fold, fold + 1, len(folds))
                 rows.append(json.loads(result_file.read_text()))
                 continue
             rows.append(run_fold(config, fold, train_dataset, held_out))

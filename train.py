@@ -13,13 +13,16 @@ from base import BaseTrainer
 from base.base_task import BaseTask
 from base.metric_tracker import MetricTracker
 from config_parser import ConfigParser, training_arguments
+from logger.class_balance import split_summary
 from logger.logger import setup_logging
 from logger.lr_find import report_lr_find
 from utils import distributed as dist
 from utils.checkpoint.files import load_checkpoint
 from utils.cli import blame, run_cli
+from utils.config.components import parameters
 from utils.config.suspicious import warn_about_run
 from utils.data.class_weights import loss_args_from_data
+from utils.data.splits import stratification_labels
 from utils.data.teacher import build_extras
 from utils.errors import ConfigError
 from utils.recipe.lr_finder import lr_range_test
@@ -40,6 +43,7 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     # A distillation teacher's soft labels and pseudo-labelled samples ride with the training targets.
     num_outputs = config["arch"]["args"].get("num_classes") or getattr(task, "num_outputs", None)
     extras = build_extras(config, dataset, num_outputs, type(task).predictions_table is BaseTask.predictions_table)
+    loader_kwargs = split_labels(config, task, dataset) | loader_kwargs
     data_loader = config.init_data_loader("data_loader", dataset=extras.dataset if extras else dataset,
                                           **loader_kwargs)
     if extras:
@@ -78,6 +82,20 @@ def build_trainer(config: ConfigParser, **loader_kwargs):
     elif config.finetune is not None:
         trainer.load_weights(load_checkpoint(config.finetune), config.finetune)
     return trainer
+
+
+def split_labels(config: ConfigParser, task, dataset) -> dict:
+    """The loader's ``stratify_labels``: the validation split stratifies on what the task says (MultiHead:
+    the combined class; a regression target's quantile bins), as k-fold's folds do. Empty for a loader
+    of one's own that does not take them.
+
+    Examples:
+        >>> loader = config.init_data_loader("data_loader", dataset=dataset, **split_labels(config, task, dataset))
+    """
+    names, _, any_keyword = parameters(config.lookup("data_loader"))
+    if "stratify_labels" not in names and not any_keyword:
+        return {}
+    return {"stratify_labels": stratification_labels(task, dataset, config["kfold"]["n_bins"])}
 
 
 def check_one_batch(trainer) -> torch.Tensor:
@@ -134,6 +152,7 @@ def dry_run(config: ConfigParser, trainer, data: torch.Tensor) -> None:
     """Print the resolved config and the model summary with one batch through it; write nothing."""
     print(config.to_json())
     print(trainer.raw_model.summary(data[:2]))
+    print(split_summary(trainer.data_loader))
     print(f"train batches per epoch: {len(trainer.data_loader)}, validation batches: "
           f"{len(trainer.valid_data_loader) if trainer.valid_data_loader else 0}")
     print("dry run: the config is valid and every object was built; nothing was written")

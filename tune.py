@@ -29,6 +29,7 @@ from utils.cli import (
 from utils.config.components import section_module
 from utils.config.schema import check_path_part
 from utils.data.splits import describe_folds
+from utils.data.workers import stop_workers
 from utils.errors import ConfigError, NonFiniteLossError, TrainingInterrupted
 from utils.recipe.param_groups import scaled_group_rates
 from utils.seeding import configure_determinism, seed_everything
@@ -119,6 +120,7 @@ class TrialRunner:
         """Train one trial on every process; returns its best monitored value (the k-fold mean)."""
         reporter = Reporter(trial, self.monitor_key)
         run_dir = Path(spec["run_dir"])
+        trainer = None
         try:
             if self.settings["kfold"]:
                 return self._train_kfold(ConfigParser(spec["config"], run_dir=run_dir), reporter)
@@ -137,6 +139,8 @@ class TrialRunner:
         except NonFiniteLossError as error:
             reporter.stop(f"pruned: {error}")
         finally:
+            if trainer is not None:  # the next trial starts workers of its own
+                stop_workers(trainer.data_loader, trainer.valid_data_loader)
             setup_logging(self.sweep_dir, self.base["trainer"]["verbosity"], dist.is_main_process())
 
     def _train_kfold(self, config: ConfigParser, reporter: Reporter) -> float:
@@ -158,7 +162,7 @@ class TrialRunner:
                         else run_fold(config, fold, train_dataset, held_out))
             mean = sum(row[f"best_{self.monitor_key}"] for row in rows) / len(rows)
             setup_logging(config.run_dir, config["trainer"]["verbosity"], dist.is_main_process())
-            reporter.report(fold, mean, mean, None, f"fold {fold + 1}/{len(folds)}")
+            reporter.report(fold, mean, mean, None, f"fold_{fold} ({fold + 1} of {len(folds)})")
         if dist.is_main_process():
             summarize(config, rows, train_dataset)
         return mean

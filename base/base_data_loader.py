@@ -38,6 +38,8 @@ class BaseDataLoader(DataLoader):
         sampler: None (every training sample once per epoch) or "balanced": draw with replacement,
             each class equally likely (utils/data/samplers.py); ``shuffle`` is then ignored.
         samples_per_epoch: draws per epoch of the balanced sampler (default: the training part's size).
+        stratify_labels: what a stratified split keeps in proportion, one label per sample (default:
+            ``dataset.targets``); train.py passes the task's (a MultiHead's combined class).
 
     Examples:
         >>> loader = BaseDataLoader(DigitsDataset(), batch_size=64, validation_split=0.1)
@@ -63,6 +65,7 @@ class BaseDataLoader(DataLoader):
         persistent_workers: bool | None = None,
         prefetch_factor: int | None = None,
         on_device: bool = False,
+        stratify_labels=None,
     ):
         check_loader_args(batch_size, num_workers, prefetch_factor, on_device)
         if len(dataset) == 0:
@@ -70,7 +73,7 @@ class BaseDataLoader(DataLoader):
         # Only the labelled part is split; samples after it (pseudo-labels) only ever train.
         labelled = getattr(dataset, "labelled", dataset)
         train_indices, self.valid_indices = split_indices(labelled, validation_split, stratify, split_seed,
-                                                          group_split)
+                                                          group_split, stratify_labels)
         if len(dataset) > len(labelled):
             train_indices = np.concatenate([train_indices, np.arange(len(labelled), len(dataset))])
         self.train_indices = train_indices

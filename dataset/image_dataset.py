@@ -8,6 +8,7 @@ from PIL import Image, UnidentifiedImageError
 
 from base.base_dataset import BaseDataset
 from dataset.labels import read_labels
+from dataset.path_labels import labels_from_paths
 from utils.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,22 @@ class ImageDataset(BaseDataset):
         group_pattern: the same from a regular expression whose first capture group is the group,
             searched in each file's path relative to its class folder (or the CSV's path value, or
             the path relative to ``root``), e.g. ``"^(\\d+)_"`` for ``000123_mask1.jpg``.
+        label_pattern: labels from paths, without a CSV: a regular expression searched in each file's
+            path relative to ``root`` (every image under it); its named groups are columns that
+            ``label_column`` (one, or a list for MultiHead) and ``group_column`` name
+            (dataset/path_labels.py).
+        label_map: {column: {value: class name or index}}, e.g. ``{"mask": {"mask": "wear", "normal": "off"}}``.
+        label_bins: {column: increasing edges}: ``{"age": [30, 60]}`` gives the classes ``<30``, ``30-59``, ``>=60``.
+        skip_unmatched: leave out, with a warning, the files ``label_pattern`` does not match, instead of
+            stopping with an error that names the first.
     """
 
     def __init__(self, root: str | None = None, csv_file: str | None = None, path_column: str = "path",
                  label_column: str | list[str] | None = "label", image_size: int | list[int] | None = None,
                  train_transform=None, eval_transform=None, skip_bad_files: bool = False,
-                 group_column: str | None = None, group_pattern: str | None = None, data_dir: str | None = None):
+                 group_column: str | None = None, group_pattern: str | None = None, data_dir: str | None = None,
+                 label_pattern: str | None = None, label_map: dict | None = None, label_bins: dict | None = None,
+                 skip_unmatched: bool = False):
         super().__init__(train_transform, eval_transform)
         if (root is None) == (data_dir is None):
             raise ConfigError("dataset.args.root", "give the image folder as 'root' (or 'data_dir', the original "
@@ -57,12 +68,23 @@ class ImageDataset(BaseDataset):
         if not self.root.is_dir():
             raise DataError(str(self.root), "image folder not found")
         self.image_size = [image_size, image_size] if isinstance(image_size, int) else image_size
-        if group_column is not None and csv_file is None:
-            raise ValueError("group_column: needs a csv_file; for class sub-folders use group_pattern")
+        check_path_label_args(csv_file, label_pattern, label_map, label_bins, skip_unmatched)
+        if group_column is not None and csv_file is None and label_pattern is None:
+            raise ValueError("group_column: needs a csv_file or a label_pattern; for class sub-folders use "
+                             "group_pattern")
         if group_column is not None and group_pattern is not None:
             raise ValueError("group_pattern: give group_column or group_pattern, not both")
         groups = None
-        if csv_file is not None:
+        self.label_classes = {}  # the class names of each label column read from paths
+        if label_pattern is not None:
+            self.paths, labels = image_files(self.root), None
+            if self.paths:  # none: the error below says so
+                keep, labels, self.classes, groups, self.label_classes = labels_from_paths(
+                    self._relative_paths(False), label_pattern, label_column, group_column, label_map, label_bins,
+                    skip_unmatched)
+                self.paths = [self.paths[i] for i in keep]
+            where = [str(p) for p in self.paths]
+        elif csv_file is not None:
             self.paths, labels, where, groups = self._from_csv(csv_file, path_column, label_column, group_column)
         elif _sub_folders(self.root):
             self.paths, labels, where = self._from_folders()
@@ -72,7 +94,8 @@ class ImageDataset(BaseDataset):
         if not self.paths:
             raise DataError(str(self.root), f"no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
         if group_pattern is not None:
-            groups = groups_from_pattern(group_pattern, self._relative_paths(csv_file is None), where)
+            in_class_folders = csv_file is None and label_pattern is None
+            groups = groups_from_pattern(group_pattern, self._relative_paths(in_class_folders), where)
         self._check_files(labels, groups, where, skip_bad_files)
 
     def _relative_paths(self, drop_class_folder: bool) -> list[str]:
@@ -164,6 +187,19 @@ class ImageDataset(BaseDataset):
         if not image.is_floating_point():
             image = TF.to_dtype(image, torch.float32, scale=True)
         return image, target
+
+
+def check_path_label_args(csv_file, label_pattern, label_map, label_bins, skip_unmatched) -> None:
+    """A ValueError naming the key of a path-label argument given without label_pattern, or with a CSV."""
+    if label_pattern is not None and csv_file is not None:
+        raise ValueError("label_pattern: give csv_file or label_pattern, not both")
+    if not isinstance(skip_unmatched, bool):
+        raise ValueError(f"skip_unmatched: must be true or false, got {skip_unmatched!r}")
+    for key, value in (("label_map", label_map), ("label_bins", label_bins), ("skip_unmatched", skip_unmatched)):
+        if value and label_pattern is None:
+            raise ValueError(f"{key}: needs a label_pattern (labels read from the files' paths)")
+        if key != "skip_unmatched" and value is not None and not isinstance(value, dict):
+            raise ValueError(f"{key}: must map a column of label_pattern to its {key[6:]}, got {value!r}")
 
 
 def is_junk(name: str) -> bool:

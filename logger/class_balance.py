@@ -13,10 +13,11 @@ def class_counts(targets, indices, num_classes: int) -> np.ndarray:
 
 def class_balance_table(train_counts, valid_counts, names) -> str:
     """A short text table: one row per class with its training and validation counts and shares."""
-    lines = [f"{'class':<16}{'train':>8}{'%':>7}{'valid':>8}{'%':>7}"]
+    width = max([len("class"), *(len(str(name)) for name in names)]) + 1  # whole names: they may share a prefix
+    lines = [f"{'class':<{width}}{'train':>8}{'%':>7}{'valid':>8}{'%':>7}"]
     train_total, valid_total = max(int(train_counts.sum()), 1), max(int(valid_counts.sum()), 1)
     for name, train, valid in zip(names, train_counts, valid_counts):
-        lines.append(f"{str(name)[:15]:<16}{train:>8}{100 * train / train_total:>6.1f}%"
+        lines.append(f"{str(name):<{width}}{train:>8}{100 * train / train_total:>6.1f}%"
                      f"{valid:>8}{100 * valid / valid_total:>6.1f}%")
     return "\n".join(lines)
 
@@ -64,3 +65,34 @@ def report_class_balance(data_loader, tensorboard=None) -> None:
                 train.max() / max(train.min(), 1), class_balance_table(train, valid, names))
     if tensorboard is not None:
         tensorboard.add_image("data/class_balance", class_balance_image(train, valid, names), 0)
+
+
+def split_summary(data_loader) -> str:
+    """The validation split in a few lines (``--dry-run`` prints it): its size, the groups and the classes
+    on each side. Samples with several labels (multi-head, multi-label) count by their combination."""
+    from utils.data.splits import describe_split, one_label_per_sample
+
+    dataset, train, valid = data_loader.dataset, data_loader.train_indices, data_loader.valid_indices
+    splitter = getattr(data_loader, "splitter", "?")
+    lines = [describe_split(dataset, train, valid, splitter)
+             or f"validation split ({splitter}): {len(train)} training, {len(valid)} validation samples"]
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) == 0 or len(valid) == 0:
+        return "\n".join(lines)
+    targets = np.asarray(targets)
+    if targets.dtype.kind not in "iu" or targets.min() < 0:
+        return "\n".join(lines)  # regression values: no classes to count
+    keys = one_label_per_sample(targets)
+    if targets.ndim == 1:
+        names = list(dataset.classes or [])
+        names = names if len(names) > keys.max() else [str(k) for k in range(keys.max() + 1)]
+    else:
+        rows = np.unique(targets.reshape(len(targets), -1), axis=0)
+        columns = [getattr(dataset, "label_classes", {}).get(column) for column in dataset.classes or []]
+        if len(columns) == rows.shape[1] and all(columns):  # class names per column, read from paths
+            names = ["/".join(str(names[v]) for names, v in zip(columns, row)) for row in rows]
+        else:
+            names = ["/".join(map(str, row)) for row in rows]
+    lines.append(class_balance_table(class_counts(keys, train, len(names)), class_counts(keys, valid, len(names)),
+                                     names))
+    return "\n".join(lines)

@@ -31,6 +31,8 @@ class Sabotage(NamedTuple):
     tests: list[str]
 
 
+COMP, PATHS, WORK = ("tests/test_competition.py::test_", "tests/test_paths_and_submission.py::test_",
+                     "tests/test_workers_exit.py::test_")
 SABOTAGES = [
     Sabotage("export the raw weights of an EMA run", "export.py",
              "use_ema=not args.no_ema)", "use_ema=False)",
@@ -115,6 +117,46 @@ SABOTAGES = [
     Sabotage("split groups across the validation split", "utils/data/splits.py",
              "        if groups is not None:", "        if False:",
              ["tests/test_groups_imbalance.py::test_validation_split_keeps_every_group_on_one_side"]),
+    Sabotage("competition: leave a finished trial's workers running", "tune.py", "                stop_workers(trainer"
+             ".data_loader, trainer.valid_data_loader)", "                pass", [f"{WORK}each_trial_stops_its_workers"
+                                                                                  "_when_it_ends"]),
+    Sabotage("competition: forgotten workers left to multiprocessing", "utils/data/workers.py", "workers = [child "
+             "for child in multiprocessing.active_children() if child.daemon]", "workers = []",
+             [f"{WORK}workers_of_a_forgotten_loader_do_not_block_the_exit"]),
+    Sabotage("competition: inference keeps the training sampler", "inference.py", 'overrides = {"sampler": None, '
+             '"samples_per_epoch": None, "drop_last": False}', "overrides = {}",
+             [f"{COMP}inference_reads_every_test_sample_once_whatever_the_training_sampler"]),
+    Sabotage("competition: hold-out stratified on the raw targets, not the task's labels", "train.py",
+             'return {"stratify_labels": stratification_labels(task, dataset, config["kfold"]["n_bins"])}',
+             "return {}", [f"{COMP}a_regression_holdout_stratifies_on_the_tasks_quantile_bins"]),
+    Sabotage("competition: grouped hold-out on 2-D labels as they are", "utils/data/splits.py", "np.zeros(n), "
+             "one_label_per_sample(targets), codes", "np.zeros(n), np.asarray(targets), codes",
+             [f"{COMP}a_grouped_holdout_of_label_rows_stratifies_on_their_combinations"]),
+    Sabotage("competition: class names cut to 15 characters", "logger/class_balance.py", 'lines.append(f"{str(name):<'
+             '{width}}', 'lines.append(f"{str(name)[:15]:<{width}}',
+             [f"{COMP}class_balance_table_shows_whole_class_names"]),
+    Sabotage("competition: label_bins put an edge in the bin below", "dataset/path_labels.py", "digitize(numbers, "
+             "edges)", "digitize(numbers, edges, right=True)",
+             [f"{PATHS}labels_and_groups_from_paths_with_a_map_and_bins"]),
+    Sabotage("competition: label_map classes sorted, not in the map's order", "dataset/path_labels.py", "names = list("
+             "dict.fromkeys(mapping.values()))", "names = sorted(set(mapping.values()))",
+             [f"{PATHS}labels_and_groups_from_paths_with_a_map_and_bins"]),
+    Sabotage("competition: skip_unmatched ignored", "dataset/path_labels.py", "            if not skip_unmatched:",
+             "            if True:", [f"{PATHS}skip_unmatched_leaves_out_the_files_the_pattern_misses"]),
+    Sabotage("competition: submission rows in the predictions' order", "utils/submission.py", "predictions[source]"
+             ".to_numpy()[rows]", "predictions[source].to_numpy()",
+             [f"{PATHS}the_submission_copies_the_csv_and_fills_its_rows_by_file_name"]),
+    Sabotage("competition: an extra predicted image is not an error", "utils/submission.py", "    if extra:",
+             "    if False:", [f"{PATHS}a_missing_or_extra_image_is_one_error_naming_it"]),
+    Sabotage("competition: auto schedule length ignores the warmup", "utils/recipe/schedulers.py",
+             "    return total - warmup_length", "    return total",
+             [f"{COMP}auto_length_is_the_epochs_or_steps_after_the_warmup"]),
+    Sabotage("competition: auto length silently kept when the epochs change on resume", "utils/recipe/schedulers.py",
+             'if key is not None and "trainer.epochs" in changes', 'if False and "trainer.epochs" in changes',
+             [f"{COMP}auto_length_on_resume_refuses_new_epochs_alone"]),
+    Sabotage("competition: valid predictions overwrite the test predictions", "inference.py", '"predictions_valid.csv'
+             '" if split == "valid"', '"predictions.csv" if split == "valid"',
+             [f"{COMP}valid_predictions_do_not_overwrite_the_test_predictions"]),
     Sabotage("guard off: a negative parameter-group rate is accepted", "utils/config/values.py",
              '"lr": Field((float,), None, non_negative),', '"lr": Field((float,), None),',
              ["tests/test_guards.py::test_a_bad_value_is_one_exact_error_line[negative group rate]"]),
@@ -321,8 +363,8 @@ SABOTAGES = [
              'groups = getattr(train_dataset, "groups", None) if options["group"] else None', "groups = None",
              ["tests/test_tune_guarantees.py::test_tune_kfold_of_a_regression_keeps_every_group_in_one_fold"]),
     Sabotage("the fold builder stratifies on raw targets", "kfold_train.py",
-             'labels = None if targets is None else config.task.stratify_labels(targets, options["n_bins"])',
-             "labels = targets",
+             'labels = stratification_labels(config.task, train_dataset, options["n_bins"])',
+             "labels = train_dataset.targets",
              ["tests/test_tune_guarantees.py::test_tune_kfold_of_a_regression_keeps_every_group_in_one_fold"]),
     Sabotage("analysis: inference ignores calibration.json", "inference.py",
              "        models = calibrated(models, config, args.resume, paths)", "        pass",

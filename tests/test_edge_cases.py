@@ -39,7 +39,7 @@ def test_auto_picks_the_newest_run_of_the_scripts_kind(iris_runs):
     assert list(pd.read_csv(runs / "plain" / "metrics.csv")["epoch"]) == [1, 2, 3]
     assert "plain" in result.stdout
     result = run_in_process("kfold_train.py", "-c", str(config), "-r", "auto", check=True)
-    assert "fold 3/3 is finished" in result.stdout
+    assert "fold_2 (3 of 3) is finished" in result.stdout
 
 
 def test_auto_looks_in_the_overridden_save_dir(iris_runs, tmp_path):

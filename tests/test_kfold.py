@@ -246,7 +246,7 @@ def test_a_fold_does_not_depend_on_the_folds_before_it(kfold_run, tmp_path):
         path = copy / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     result = run_in_process("kfold_train.py", "-r", str(copy), check=True)
-    assert "fold 1/3 is finished: skipping it" in result.stdout
+    assert "fold_0 (1 of 3) is finished: skipping it" in result.stdout
     assert_same_folds(run, copy, folds=(1, 2))
 
 
@@ -282,10 +282,10 @@ def test_sigterm_during_a_fold_then_resume_equals_an_uninterrupted_run(kfold_run
     assert not (run / "kfold_summary.csv").exists()
 
     result = run_in_process("kfold_train.py", "-r", str(run), check=True)
-    assert "fold 1/3 is finished: skipping it" in result.stdout
-    assert "fold 1/3 is finished: skipping it" in (run / "info.log").read_text()
-    assert "fold 2/3 is finished" not in result.stdout
-    assert "fold 2/3" in result.stdout and "(resumed)" in result.stdout
+    assert "fold_0 (1 of 3) is finished: skipping it" in result.stdout
+    assert "fold_0 (1 of 3) is finished: skipping it" in (run / "info.log").read_text()
+    assert "fold_1 (2 of 3) is finished" not in result.stdout
+    assert "fold_1 (2 of 3)" in result.stdout and "(resumed)" in result.stdout
 
     assert_same_folds(baseline, run, folds=range(FOLDS))
 

@@ -69,7 +69,8 @@ def test_pseudo_labelled_samples_train_in_every_fold_and_are_never_validated(pse
     for fold in (0, 1):  # each fold trains on the labelled samples it does not hold out, and every added one
         held_out = json.loads((run / f"fold_{fold}" / "config.json").read_text())["data_loader"]["args"][
             "validation_split"]
-        assert f"fold {fold + 1}/2: {n_labelled - len(held_out) + added} training, {len(held_out)} held-out" in log
+        assert (f"fold_{fold} ({fold + 1} of 2): {n_labelled - len(held_out) + added} training, {len(held_out)} "
+                "held-out") in log
 
 
 def test_pseudo_labelled_samples_stay_out_of_a_fractional_validation_split(pseudo_kfold):

@@ -83,7 +83,7 @@ def test_readme_command(command, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("path", ["config.json", "configs/iris_mlp.json", "configs/image_folder.json",
-                                  "configs/finetune_timm.json"])
+                                  "configs/finetune_timm.json", "configs/facemask.json"])
 def test_example_configs_are_valid(path, tmp_path):
     from config_parser import ConfigParser
 

@@ -55,7 +55,7 @@ def test_regression_trains_predicts_and_scores_like_sklearn(tmp_path):
     assert any(p.name.startswith("events") for p in (run / "tensorboard").iterdir())
 
     inference.main(["--resume", str(run / "model_best.pth"), "--split", "valid"])
-    table = pd.read_csv(run / "predictions.csv")
+    table = pd.read_csv(run / "predictions_valid.csv")
     assert list(table.columns) == ["id", "prediction", "target"]
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
@@ -168,7 +168,7 @@ def test_multihead_reports_per_head_and_combined_metrics(tmp_path):
     for name in ("accuracy", "accuracy_mask", "accuracy_gender", "accuracy_age", "MacroF1_age"):
         assert name in columns and f"val_{name}" in columns
     inference.main(["--resume", str(run / "model_best.pth"), "--split", "valid"])
-    table = pd.read_csv(run / "predictions.csv")
+    table = pd.read_csv(run / "predictions_valid.csv")
     assert ["id", "prediction", "target", "prediction_mask", "prediction_gender", "prediction_age"] == list(
         table.columns[:6])
     assert [c for c in table.columns if c.startswith("prob_")] == (
@@ -255,7 +255,7 @@ def test_multilabel_metrics_are_exact_under_ddp(tmp_path):
     torchrun("train.py", "-c", str(config), check=True, timeout=300)
     run = run_dirs(tmp_path, "Task")[0]
     inference.main(["--resume", str(run / "last.pth"), "--split", "valid"])
-    table = pd.read_csv(run / "predictions.csv")
+    table = pd.read_csv(run / "predictions_valid.csv")
     names = ["cat", "dog", "fox", "none", "owl"]
     truth = np.array([[n in str(t).split() for n in names] for t in table["target"]]).astype(int)
     probs = table[[f"prob_{n}" for n in names]].to_numpy()
@@ -288,7 +288,7 @@ def test_the_readme_task_class_example_trains_and_predicts(tmp_path, monkeypatch
     train.main(["-c", str(config)])
     run = run_dirs(tmp_path, "Task")[0]
     inference.main(["--resume", str(run / "last.pth"), "--split", "valid"])
-    predictions = pd.read_csv(run / "predictions.csv")
+    predictions = pd.read_csv(run / "predictions_valid.csv")
     assert list(predictions.columns) == ["id", "prediction", "target", "value"]
     assert predictions["prediction"].between(0, 4).all()
 

@@ -19,6 +19,7 @@ from utils import distributed as dist
 from utils.checkpoint.resume_rates import REFUSAL, apply_to_restored, replay_schedule
 from utils.config import schema as config_schema
 from utils.errors import ConfigError
+from utils.recipe.schedulers import check_auto_on_resume
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def compare_configs(saved: dict, config: dict) -> dict[str, dict]:
         pass
     changes = config_changes(saved, config)
     check_resume_changes(changes, saved, config)
+    check_auto_on_resume(changes, config["lr_scheduler"])
     return changes
 
 

@@ -103,6 +103,14 @@ INFERENCE = {
     "data_loader": Field((dict, NONE), None),
     "output": Field((str, NONE), None),
     "tta": Field((list,), []),
+    "submission": Field((dict, NONE), None),
+}
+SUBMISSION = {  # a competition's CSV, copied with one column filled in (utils/submission.py)
+    "csv": Field((str,), REQUIRED),
+    "id_column": Field((str,), REQUIRED),
+    "column": Field((str,), REQUIRED),
+    "prediction_column": Field((str,), "prediction"),
+    "output": Field((str, NONE), None),
 }
 TUNE = {  # tune.py's search; the space entries are checked in utils/tune/space.py
     "direction": Field((str,), "auto", one_of("auto", "minimize", "maximize")),
@@ -189,6 +197,9 @@ def validate(config) -> dict:
     for key in ("dataset", "data_loader"):
         if resolved["inference"][key] is not None:
             check_component_shape(f"inference.{key}", resolved["inference"][key])
+    if resolved["inference"]["submission"] is not None:
+        resolved["inference"]["submission"] = check_section("inference.submission", resolved["inference"]["submission"],
+                                                            SUBMISSION)
     for i, entry in enumerate(resolved["inference"]["tta"]):
         check_component_shape(f"inference.tta.{i}", entry)
     if isinstance(resolved["task"], str):  # a bare name: {"type": NAME}

@@ -18,6 +18,27 @@ from utils.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
+def stratification_labels(task, dataset, n_bins: int = 10) -> np.ndarray | None:
+    """What the validation split and k-fold stratify on: the task's labels of the dataset's targets
+    (classes; a regression target's quantile bins; MultiHead's combined class), or None without targets.
+
+    Examples:
+        >>> labels = stratification_labels(config.init_obj("task"), dataset, config["kfold"]["n_bins"])
+    """
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) == 0:
+        return None
+    return np.asarray(task.stratify_labels(targets, n_bins))
+
+
+def one_label_per_sample(labels) -> np.ndarray:
+    """Labels as one class per sample: each distinct row of 2-D labels (multi-label) is one class."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels
+    return np.unique(labels.reshape(len(labels), -1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
 def group_codes(groups: Sequence) -> np.ndarray:
     """Each sample's group as an integer code (groups may be any hashable values)."""
     if len(groups) == 0:
@@ -56,7 +77,7 @@ def group_holdout(targets, groups: Sequence, n_valid: int, stratify: bool, seed:
     codes = group_codes(groups)
     if stratify:
         splitter = StratifiedGroupKFold(n_splits=n_parts, shuffle=True, random_state=seed)
-        train, valid = next(splitter.split(np.zeros(n), np.asarray(targets), codes))
+        train, valid = next(splitter.split(np.zeros(n), one_label_per_sample(targets), codes))
     else:
         splitter = GroupShuffleSplit(n_splits=1, test_size=n_valid / n, random_state=seed)
         train, valid = next(splitter.split(np.zeros(n), groups=codes))
@@ -76,7 +97,8 @@ def group_folds(targets, groups: Sequence, n_splits: int, stratified: bool, shuf
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
     else:
         splitter = GroupKFold(n_splits=n_splits, shuffle=shuffle, random_state=random_state)
-    return list(splitter.split(np.zeros(len(codes)), None if targets is None else np.asarray(targets), codes))
+    return list(splitter.split(np.zeros(len(codes)), None if targets is None else one_label_per_sample(targets),
+                               codes))
 
 
 def describe_folds(folds: list, groups: Sequence, stratified: bool) -> str:
@@ -109,10 +131,11 @@ def holdout_splitter(dataset, validation_split, stratify: bool, group_split: boo
 
 
 def split_indices(dataset, validation_split, stratify: bool, split_seed: int,
-                  group_split: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  group_split: bool = True, labels=None) -> tuple[np.ndarray, np.ndarray]:
     """Dataset indices for training and validation. The split draws from its own generator.
 
-    With ``dataset.groups`` (and ``group_split``), whole groups go to one side (utils/data/splits.py).
+    With ``dataset.groups`` (and ``group_split``), whole groups go to one side. ``labels`` are what a
+    stratified split keeps in proportion (``stratification_labels``; default the dataset's targets).
     """
     n = len(dataset)
     if isinstance(validation_split, (list, tuple, np.ndarray, torch.Tensor)):
@@ -125,16 +148,18 @@ def split_indices(dataset, validation_split, stratify: bool, split_seed: int,
         if n_valid == 0:
             return np.arange(n), np.arange(0)
         groups = getattr(dataset, "groups", None) if group_split else None
-        if stratify and getattr(dataset, "targets", None) is None:
+        if labels is None:
+            labels = getattr(dataset, "targets", None)
+        if stratify and labels is None:
             raise ValueError("stratify: needs a dataset with targets; set it to false")
         if groups is not None:
-            train, valid = group_holdout(getattr(dataset, "targets", None), groups, n_valid, stratify, split_seed)
+            train, valid = group_holdout(labels, groups, n_valid, stratify, split_seed)
         elif stratify:
             from sklearn.model_selection import train_test_split
 
             try:
                 train, valid = train_test_split(
-                    np.arange(n), test_size=n_valid, stratify=np.asarray(dataset.targets), random_state=split_seed
+                    np.arange(n), test_size=n_valid, stratify=np.asarray(labels), random_state=split_seed
                 )
             except ValueError as error:  # e.g. fewer validation samples than classes
                 logger.warning("validation_split: a stratified split cannot be made (%s); using a random split",
