@@ -10,9 +10,11 @@ from utils.cli import ArgumentParser, run_cli
 from utils.errors import UserError
 
 TEMPLATE = Path(__file__).resolve().parents[1]
-# Outputs, caches and history: what a run or a tool made, not what the template is.
-LEFT_OUT = [".git", "saved", "data", "wandb", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
-            ".mypy_cache", ".venv", "venv", "*.egg-info", ".ipynb_checkpoints", ".benchmarks", "predictions.csv"]
+# Caches and history anywhere, and at the top the outputs of runs and the data: what a run or a tool made,
+# not what the template is (utils/data/ is the template's own).
+LEFT_OUT = [".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".venv", "venv",
+            "*.egg-info", ".ipynb_checkpoints", ".benchmarks"]
+LEFT_OUT_AT_THE_TOP = {"saved", "data", "wandb", "predictions.csv"}
 
 
 def new_project(target: str | Path) -> Path:
@@ -22,7 +24,13 @@ def new_project(target: str | Path) -> Path:
         raise UserError(str(target), "is inside the template; choose a folder outside it")
     if target.exists() and any(target.iterdir()):
         raise UserError(str(target), "already exists and is not empty")
-    shutil.copytree(TEMPLATE, target, ignore=shutil.ignore_patterns(*LEFT_OUT), dirs_exist_ok=True)
+    caches = shutil.ignore_patterns(*LEFT_OUT)
+
+    def left_out(folder: str, names: list[str]) -> set[str]:
+        top = LEFT_OUT_AT_THE_TOP & set(names) if Path(folder) == TEMPLATE else set()
+        return caches(folder, names) | top
+
+    shutil.copytree(TEMPLATE, target, ignore=left_out, dirs_exist_ok=True)
     return target
 
 
