@@ -14,6 +14,10 @@ forward pass instead. What to inject comes from the environment (each one option
     LAUNCH_WRITE_DELAY=0.2      each checkpoint write takes this many seconds longer, half before the
                                 file is written and half after (so that a fault lands during a write)
 
+Under torchrun, every run through this launcher also fails if a DistributedDataParallel is still alive
+when the process group is destroyed: that aborts a process at exit now and then, and here every time
+(check_teardown; the tests' own launchers call it too).
+
 Only the components' public interfaces are touched (the model's call, the recorder's log_epoch), so the
 scripts run as they are.
 """
@@ -83,6 +87,26 @@ def slow_writes(seconds: float) -> None:
     files.save_checkpoint = save_checkpoint
 
 
+def check_teardown() -> None:
+    """Fail the process group's destruction while a DistributedDataParallel lives, even as uncollected
+    garbage: its reducer can abort the process at exit ("terminate called without an active exception").
+    The automatic garbage collector is off, so that the outcome does not depend on when it last ran."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.disable()
+    original = dist.destroy_process_group
+
+    def destroy_process_group(*args, **kwargs):
+        alive = sum(issubclass(type(o), torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+        if alive:
+            raise RuntimeError(f"{alive} DistributedDataParallel alive when the process group is destroyed")
+        original(*args, **kwargs)
+
+    dist.destroy_process_group = destroy_process_group
+
+
 def main() -> None:
     signals: dict[int, list[int]] = {}
     for item in filter(None, os.environ.get("LAUNCH_SIGNALS", "").split(",")):
@@ -94,6 +118,8 @@ def main() -> None:
         kill_after_epoch(int(os.environ["LAUNCH_KILL_AFTER_EPOCH"]))
     if os.environ.get("LAUNCH_WRITE_DELAY"):
         slow_writes(float(os.environ["LAUNCH_WRITE_DELAY"]))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        check_teardown()
     torch.set_num_threads(1)
     script, *args = sys.argv[1:]
     sys.argv = [script, *args]

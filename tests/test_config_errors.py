@@ -227,3 +227,27 @@ def test_dry_run_builds_everything_and_writes_nothing(tmp_path):
     assert "Parameters:" in result.stdout and "output shape: (2, 10)" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
     assert not any(REPO.glob("saved/Tiny*")), "nothing written in the repository either"
+
+
+class Writes:
+    """A stderr that records each write call."""
+    def __init__(self):
+        self.calls = []
+
+    def write(self, text):
+        self.calls.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_the_error_line_is_one_write_so_that_processes_sharing_stderr_cannot_run_lines_together(monkeypatch):
+    # torchrun's processes write unbuffered to one pipe: a line written in two parts can be split by another's.
+    def main():
+        raise ConfigError("trainer.epochs", "must be positive")
+
+    stderr = Writes()
+    monkeypatch.setattr("sys.stderr", stderr)
+    with pytest.raises(SystemExit):
+        run_cli(main)
+    assert stderr.calls == ["error: trainer.epochs: must be positive\n"]

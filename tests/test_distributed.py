@@ -53,7 +53,8 @@ def metrics_without_time(run) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("ddp")
-    result = torchrun("train.py", "-c", str(make_config(tmp_path, DDP_CONFIG)), check=True, timeout=240)
+    result = torchrun("tests/launch.py", "train.py", "-c", str(make_config(tmp_path, DDP_CONFIG)), check=True,
+                      timeout=240)
     (run,) = run_dirs(tmp_path, "TinyIris")
     return run, result
 
@@ -103,6 +104,9 @@ import trainer as module_trainer
 from trainer.trainer import Trainer
 from utils import distributed as dist
 from utils.cli import run_cli
+from tests.launch import check_teardown
+
+check_teardown()
 
 class RankSkewedTrainer(Trainer):
     # Rank 0 sees no improvement after epoch 1; rank 1 sees one every epoch.
@@ -183,7 +187,7 @@ def test_gradient_accumulation_under_ddp_matches_the_same_global_batch(ddp_run, 
 
 def test_kfold_under_torchrun(tmp_path):
     config = make_config(tmp_path, DDP_CONFIG, **{"trainer.epochs": 2})
-    torchrun("kfold_train.py", "-c", str(config), "--folds", "2", check=True, timeout=300)
+    torchrun("tests/launch.py", "kfold_train.py", "-c", str(config), "--folds", "2", check=True, timeout=300)
     (run,) = run_dirs(tmp_path, "TinyIris")
     oof = pd.read_csv(run / "oof_predictions.csv")
     assert sorted(oof["id"]) == list(range(121))

@@ -21,6 +21,9 @@ from model.model import MLP
 from trainer.trainer import Trainer
 from utils import distributed as dist
 from utils.cli import run_cli
+from tests.launch import check_teardown
+
+check_teardown()  # the wrapper replaced at the unfreeze included
 
 class HeadMLP(MLP):
     def head_names(self):

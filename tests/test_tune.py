@@ -201,8 +201,9 @@ def test_two_workers_share_a_study_in_postgresql(tmp_path, postgres_url):  # noq
 def test_tune_under_torchrun_with_kfold(tmp_path):
     config = tune_config(tmp_path, WIDE_SPACE, {"type": "RandomSampler", "args": {"seed": 0}}, {"type": "NopPruner"},
                          **{"data_loader.args.batch_size": 8, "trainer.epochs": 2})
-    run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tune.py", "-c", str(config),
-               "--trials", "2", "--kfold", "--folds", "2", "--run-id", "sweep", check=True, timeout=400)
+    run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/launch.py", "tune.py",
+               "-c", str(config), "--trials", "2", "--kfold", "--folds", "2", "--run-id", "sweep", check=True,
+               timeout=400)
     sweep = tmp_path / "saved" / "TinyIris" / "sweep"
     table = summary(sweep)
     assert sorted(table["number"]) == [0, 1] and set(table["state"]) == {"COMPLETE"}

@@ -87,11 +87,18 @@ def run_cli(main: Callable[[], None]) -> None:
     except (UserError, NonFiniteLossError) as error:
         if debug_requested():
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        write_line(f"error: {one_line(error)}")
         sys.exit(error.exit_code)
     except TrainingInterrupted as stop:
-        print(f"\n{stop}", file=sys.stderr)
+        write_line(f"\n{stop}")
         sys.exit(stop.exit_code)
+
+
+def write_line(text: str) -> None:
+    """One write to stderr, newline included: under torchrun, lines of several processes share a pipe,
+    and an unbuffered print writes the text and its newline apart, so that two lines can run together."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 @contextmanager

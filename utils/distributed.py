@@ -2,6 +2,7 @@
 
 Every helper is a no-op in a plain single-process run, so the training code calls them unconditionally.
 """
+import gc
 import math
 import os
 
@@ -23,8 +24,14 @@ def init_distributed() -> None:
 
 
 def close_distributed() -> None:
-    """Leave the process group together: no process tears it down while another still uses it."""
+    """Leave the process group together: no process tears it down while another still uses it.
+
+    A DistributedDataParallel still alive when the group is destroyed can abort its process at exit
+    ("terminate called without an active exception"); the wrappers the caller has dropped wait in
+    reference cycles, so they are collected here, while the group still stands.
+    """
     if is_distributed():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
