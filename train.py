@@ -195,11 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         result = lr_range_test(trainer, *lr_find)
         report_lr_find(result, config.runs_dir / "lr_find", trainer.optimizer.param_groups,
                        config["optimizer"]["args"].get("lr") or trainer.optimizer.param_groups[0]["lr"])
-        del trainer  # its DistributedDataParallel goes before the process group does
-        dist.close_distributed()
-        return
-    config.start_run()
-    trainer.train()
+    else:
+        config.start_run()
+        trainer.train()
     del trainer  # its DistributedDataParallel goes before the process group does
     dist.close_distributed()
 
